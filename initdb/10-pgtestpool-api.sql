@@ -1,0 +1,322 @@
+-- pgtestpool SQL API: control tables in schema pgtestpool, user functions in public.
+-- Idempotent: the image runs it once at initdb, and the sidecar runs it again at every start,
+-- so it must only ever create or replace, never destroy state.
+BEGIN;
+
+-- Two installers at once (initdb script + sidecar) would race on CREATE ... IF NOT EXISTS.
+SELECT pg_advisory_xact_lock(7203551409);
+
+CREATE SCHEMA IF NOT EXISTS pgtestpool;
+REVOKE ALL ON SCHEMA pgtestpool FROM PUBLIC;
+COMMENT ON SCHEMA pgtestpool IS 'pgtestpool control tables; use claim_test_db(), release_test_db(), test_db_status() and the test_dbs view';
+
+CREATE TABLE IF NOT EXISTS pgtestpool.settings (
+  key   text PRIMARY KEY,
+  value text NOT NULL
+);
+-- A random tag in every clone name: a server re-created from scratch restarts the sequence,
+-- and a stale connection string from an earlier run must not reach a new database.
+INSERT INTO pgtestpool.settings (key, value)
+VALUES ('instance', substr(md5(random()::text || clock_timestamp()::text), 1, 6)),
+       ('claim_timeout', '30 seconds'),
+       ('max_databases', '64')
+ON CONFLICT (key) DO NOTHING;
+
+CREATE TABLE IF NOT EXISTS pgtestpool.templates (
+  name       text PRIMARY KEY,
+  -- building: the first version is being built (claims wait); ready: serving `database`;
+  -- failed: the last build failed with `error` (claims fail at once unless an older version still serves).
+  state      text NOT NULL CHECK (state IN ('building', 'ready', 'failed')),
+  database   text,          -- the template database clones are made from (NULL until one is built)
+  hash       text,          -- content hash of what `database` was built from
+  min_ready  integer NOT NULL DEFAULT 0,
+  error      text,
+  build_ms   integer,
+  built_at   timestamptz,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE SEQUENCE IF NOT EXISTS pgtestpool.clone_seq;
+
+CREATE TABLE IF NOT EXISTS pgtestpool.databases (
+  id                    bigint PRIMARY KEY,
+  name                  text NOT NULL UNIQUE,
+  template              text NOT NULL,
+  source                text NOT NULL,   -- the template database it is cloned from
+  -- creating -> ready -> claimed -> dropping -> (row deleted once the database is gone)
+  -- failed: CREATE DATABASE failed (kept a while for test_db_status(), then deleted)
+  state                 text NOT NULL CHECK (state IN ('creating', 'ready', 'claimed', 'dropping', 'failed')),
+  created_at            timestamptz NOT NULL DEFAULT now(),
+  ready_at              timestamptz,
+  claimed_at            timestamptz,
+  claimed_pid           integer,
+  claimed_backend_start timestamptz,  -- with the pid, identifies the claiming session (pids are reused)
+  claimed_role          text,
+  claimed_application   text,
+  claimed_addr          inet,
+  idle_since            timestamptz,  -- claimer gone and no connections to the clone since then
+  drop_reason           text,
+  error                 text
+);
+CREATE INDEX IF NOT EXISTS databases_ready_idx ON pgtestpool.databases (template, id) WHERE state = 'ready';
+CREATE INDEX IF NOT EXISTS databases_state_idx ON pgtestpool.databases (state);
+
+REVOKE ALL ON ALL TABLES IN SCHEMA pgtestpool FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA pgtestpool FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------------
+-- Helpers
+-- ---------------------------------------------------------------------------------------------
+
+-- Readable, identifier-safe fragment of a template name for database names.
+CREATE OR REPLACE FUNCTION pgtestpool.slug(template text) RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT coalesce(nullif(left(trim(BOTH '_' FROM regexp_replace(lower(template), '[^a-z0-9]+', '_', 'g')), 20), ''), 't')
+$$;
+
+-- One line describing a template's pool, for error messages.
+CREATE OR REPLACE FUNCTION pgtestpool.pool_summary(tpl text) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT format('ready %s, creating %s, claimed %s, dropping %s; all templates: %s of max_databases %s in use; sidecar last seen %s',
+           count(*) FILTER (WHERE d.template = tpl AND d.state = 'ready'),
+           count(*) FILTER (WHERE d.template = tpl AND d.state = 'creating'),
+           count(*) FILTER (WHERE d.template = tpl AND d.state = 'claimed'),
+           count(*) FILTER (WHERE d.template = tpl AND d.state = 'dropping'),
+           count(*) FILTER (WHERE d.state IN ('ready', 'creating', 'claimed')),
+           (SELECT value FROM pgtestpool.settings WHERE key = 'max_databases'),
+           coalesce((SELECT round(extract(epoch FROM clock_timestamp() - value::timestamptz))::text || ' s ago'
+                       FROM pgtestpool.settings WHERE key = 'sidecar_seen'), 'never (is the sidecar running?)'))
+  FROM pgtestpool.databases d
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- The user API (public, so no schema prefix is needed)
+-- ---------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION public.claim_test_db(template text DEFAULT 'default') RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+  tpl      pgtestpool.templates%ROWTYPE;
+  claimed  text;
+  deadline timestamptz;
+  nap      float8 := 0.002;
+BEGIN
+  SELECT * INTO tpl FROM pgtestpool.templates t WHERE t.name = claim_test_db.template;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'pgtestpool: unknown template %', coalesce(quote_literal(claim_test_db.template), 'NULL')
+      USING ERRCODE = 'undefined_object',
+            HINT = 'known templates: ' || coalesce((SELECT string_agg(quote_literal(t.name), ', ' ORDER BY t.name) FROM pgtestpool.templates t),
+                                                   'none yet (is the pgtestpool sidecar running?)');
+  END IF;
+  deadline := clock_timestamp() + (SELECT value::interval FROM pgtestpool.settings WHERE key = 'claim_timeout');
+
+  LOOP
+    IF tpl.database IS NULL AND tpl.state = 'failed' THEN
+      RAISE EXCEPTION 'pgtestpool: template % failed to build', quote_literal(tpl.name)
+        USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = tpl.error,
+              HINT = 'fix the template''s files; the sidecar log and test_db_status() show the error';
+    END IF;
+
+    -- SKIP LOCKED: concurrent claimers each take a different row instead of queueing on one.
+    UPDATE pgtestpool.databases d
+       SET state = 'claimed',
+           claimed_at = now(),
+           claimed_pid = pg_backend_pid(),
+           claimed_backend_start = (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a),
+           claimed_role = session_user,
+           claimed_application = current_setting('application_name'),
+           claimed_addr = inet_client_addr()
+     WHERE d.id = (SELECT c.id FROM pgtestpool.databases c
+                    WHERE c.template = tpl.name AND c.state = 'ready' AND c.source = tpl.database
+                    ORDER BY c.id LIMIT 1
+                      FOR UPDATE SKIP LOCKED)
+    RETURNING d.name INTO claimed;
+
+    IF claimed IS NOT NULL THEN
+      -- Clones are created without PUBLIC connect rights: only the claimer (and superusers) get in.
+      IF NOT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user), false) THEN
+        EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO %I', claimed, session_user);
+      END IF;
+      PERFORM pg_notify('pgtestpool', json_build_object('event', 'claim', 'template', tpl.name, 'database', claimed,
+                                                        'pid', pg_backend_pid(), 'role', session_user,
+                                                        'application', current_setting('application_name'))::text);
+      RETURN claimed;
+    END IF;
+
+    IF clock_timestamp() >= deadline THEN
+      RAISE EXCEPTION 'pgtestpool: no ready database for template % within %', quote_literal(tpl.name),
+                      (SELECT value FROM pgtestpool.settings WHERE key = 'claim_timeout')
+        USING ERRCODE = 'lock_not_available', DETAIL = 'pool: ' || pgtestpool.pool_summary(tpl.name),
+              HINT = 'release databases with release_test_db(name) or close the claiming sessions, raise min_ready or pool.max_databases, or check the sidecar log';
+    END IF;
+    -- The sidecar refills on the claims' NOTIFY (and polls); this wait only covers a drained pool.
+    PERFORM pg_sleep(nap);
+    nap := least(nap * 2, 0.02);
+    SELECT * INTO tpl FROM pgtestpool.templates t WHERE t.name = tpl.name;
+  END LOOP;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION public.release_test_db(name text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+  db pgtestpool.databases%ROWTYPE;
+BEGIN
+  SELECT * INTO db FROM pgtestpool.databases d WHERE d.name = release_test_db.name FOR UPDATE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'pgtestpool: % is not a database handed out by claim_test_db()', coalesce(quote_literal(release_test_db.name), 'NULL')
+      USING ERRCODE = 'undefined_object',
+            HINT = 'pass the exact name claim_test_db() returned; once released, a database is dropped and its name is never used again';
+  END IF;
+  IF db.state <> 'claimed' THEN
+    RAISE EXCEPTION 'pgtestpool: database % is not claimed (it is %)', quote_literal(db.name), db.state
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = coalesce('drop reason: ' || db.drop_reason, ''),
+            HINT = 'only a database returned by claim_test_db() and not yet released or reclaimed can be released';
+  END IF;
+  IF db.claimed_role IS DISTINCT FROM session_user
+     AND NOT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user), false) THEN
+    RAISE EXCEPTION 'pgtestpool: permission denied to release database %', quote_literal(db.name)
+      USING ERRCODE = 'insufficient_privilege',
+            DETAIL = format('it was claimed by role %s; you are %s', quote_ident(db.claimed_role), quote_ident(session_user)),
+            HINT = 'release it as the role that claimed it, or as a superuser';
+  END IF;
+  UPDATE pgtestpool.databases d SET state = 'dropping', drop_reason = 'released', idle_since = NULL WHERE d.id = db.id;
+  PERFORM pg_notify('pgtestpool', json_build_object('event', 'release', 'template', db.template, 'database', db.name,
+                                                    'pid', pg_backend_pid())::text);
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION public.test_db_status()
+RETURNS TABLE (template text, build_state text, ready bigint, claimed bigint, creating bigint, dropping bigint,
+               failed bigint, min_ready integer, template_database text, built_at timestamptz, error text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT t.name, t.state,
+         count(d.id) FILTER (WHERE d.state = 'ready' AND d.source = t.database),
+         count(d.id) FILTER (WHERE d.state = 'claimed'),
+         count(d.id) FILTER (WHERE d.state = 'creating'),
+         count(d.id) FILTER (WHERE d.state = 'dropping' OR (d.state = 'ready' AND d.source IS DISTINCT FROM t.database)),
+         count(d.id) FILTER (WHERE d.state = 'failed'),
+         t.min_ready, t.database, t.built_at, t.error
+    FROM pgtestpool.templates t
+    LEFT JOIN pgtestpool.databases d ON d.template = t.name
+   GROUP BY t.name
+   ORDER BY t.name
+$$;
+
+-- Who holds what: one row per database the pool manages.
+CREATE OR REPLACE VIEW public.test_dbs AS
+  SELECT d.name, d.template, d.state, d.claimed_pid, d.claimed_role, d.claimed_application, d.claimed_addr,
+         d.claimed_at, now() - d.claimed_at AS claimed_for, d.idle_since, d.drop_reason, d.error, d.created_at
+    FROM pgtestpool.databases d
+   ORDER BY d.id;
+
+REVOKE ALL ON FUNCTION public.claim_test_db(text), public.release_test_db(text), public.test_db_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.claim_test_db(text), public.release_test_db(text), public.test_db_status() TO PUBLIC;
+GRANT SELECT ON public.test_dbs TO PUBLIC;
+
+-- ---------------------------------------------------------------------------------------------
+-- Sidecar-only functions (not granted to PUBLIC)
+-- ---------------------------------------------------------------------------------------------
+
+-- Registers a clone about to be created. The row goes in first and commits, so a sidecar that
+-- dies mid-CREATE leaves a 'creating' row that the next start drops: nothing leaks.
+CREATE OR REPLACE FUNCTION pgtestpool.new_clone(tpl text) RETURNS TABLE (name text, source text)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  INSERT INTO pgtestpool.databases (id, name, template, source, state)
+  SELECT n.id, format('pgtp_%s_%s_%s', pgtestpool.slug(t.name), s.value, n.id), t.name, t.database, 'creating'
+    FROM pgtestpool.templates t,
+         (SELECT nextval('pgtestpool.clone_seq') AS id) n,
+         pgtestpool.settings s
+   WHERE t.name = tpl AND t.database IS NOT NULL AND s.key = 'instance'
+  RETURNING databases.name, databases.source
+$$;
+
+-- Marks clones abandoned: the claiming session ended and nobody has been connected to the clone
+-- for idle_timeout, or the claim is older than max_duration. Returns what it marked for dropping.
+CREATE OR REPLACE FUNCTION pgtestpool.reclaim(idle_timeout interval, max_duration interval)
+RETURNS TABLE (name text, template text, claimed_pid integer, reason text)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+  WITH activity AS (
+    SELECT d.id,
+           EXISTS (SELECT 1 FROM pg_stat_activity a
+                    WHERE (a.pid = d.claimed_pid AND a.backend_start = d.claimed_backend_start)
+                       OR a.datname = d.name) AS active
+      FROM pgtestpool.databases d
+     WHERE d.state = 'claimed'
+  )
+  UPDATE pgtestpool.databases d
+     SET idle_since = CASE WHEN a.active THEN NULL ELSE clock_timestamp() END
+    FROM activity a
+   WHERE d.id = a.id AND (d.idle_since IS NULL) = NOT a.active;
+
+  RETURN QUERY
+  UPDATE pgtestpool.databases d
+     SET state = 'dropping',
+         drop_reason = CASE
+           WHEN d.claimed_at <= clock_timestamp() - max_duration
+             THEN format('claimed for more than max_duration (%s)', max_duration)
+           ELSE format('claiming session (pid %s) ended and no connections for %s', d.claimed_pid, idle_timeout)
+         END
+   WHERE d.state = 'claimed'
+     AND (d.idle_since <= clock_timestamp() - idle_timeout OR d.claimed_at <= clock_timestamp() - max_duration)
+  RETURNING d.name, d.template, d.claimed_pid, d.drop_reason;
+END
+$fn$;
+
+-- Databases with the pool's prefix that no table row accounts for (left by a crash).
+CREATE OR REPLACE FUNCTION pgtestpool.orphans() RETURNS TABLE (name text, is_template boolean)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT db.datname::text, db.datistemplate
+    FROM pg_database db
+   WHERE db.datname LIKE 'pgtp\_%'
+     AND NOT EXISTS (SELECT 1 FROM pgtestpool.databases d WHERE d.name = db.datname)
+     AND NOT EXISTS (SELECT 1 FROM pgtestpool.templates t WHERE t.database = db.datname)
+$$;
+
+-- Per template: what the pool holds, for the sidecar's refill plan.
+CREATE OR REPLACE FUNCTION pgtestpool.pool_state()
+RETURNS TABLE (template text, database text, min_ready integer, ready bigint, creating bigint, in_use bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT t.name, t.database, t.min_ready,
+         count(d.id) FILTER (WHERE d.state = 'ready' AND d.source = t.database),
+         count(d.id) FILTER (WHERE d.state = 'creating'),
+         -- what counts against pool.max_databases: every clone that exists or is being made, but not those on their way out
+         count(d.id) FILTER (WHERE d.state IN ('ready', 'creating', 'claimed'))
+    FROM pgtestpool.templates t
+    LEFT JOIN pgtestpool.databases d ON d.template = t.name
+   GROUP BY t.name
+$$;
+
+-- Sidecar heartbeat and housekeeping: failed rows are kept ten minutes for test_db_status().
+CREATE OR REPLACE FUNCTION pgtestpool.heartbeat() RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  INSERT INTO pgtestpool.settings (key, value) VALUES ('sidecar_seen', clock_timestamp()::text)
+  ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+  DELETE FROM pgtestpool.databases WHERE state = 'failed' AND created_at < now() - interval '10 minutes';
+$$;
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pgtestpool FROM PUBLIC;
+
+COMMIT;

@@ -1,0 +1,78 @@
+// `npm start`: the sidecar, attached to the server named by DATABASE_URL / PGHOST (the image does
+// this), or else to an embedded, throwaway PostgreSQL on tmpfs. SIGINT/SIGTERM stop both cleanly.
+import { ConfigError, loadConfig, type Config } from './config.ts';
+import { attachRequested, connFromEnv, type ConnConfig } from './db.ts';
+import { startEmbedded, type EmbeddedServer } from './embedded.ts';
+import { errorMessage, log } from './log.ts';
+import { Sidecar } from './sidecar.ts';
+
+let sidecar: Sidecar | null = null;
+let server: EmbeddedServer | null = null;
+let shuttingDown: Promise<void> | null = null;
+
+function shutdown(code: number): Promise<void> {
+  shuttingDown ??= (async () => {
+    await sidecar?.stop().catch((err) => log.error(`stopping the sidecar: ${errorMessage(err)}`));
+    await server?.stop().catch((err) => log.error(`stopping PostgreSQL: ${errorMessage(err)}`));
+    log.info('stopped');
+    process.exit(code);
+  })();
+  return shuttingDown;
+}
+
+function onSignal(signal: NodeJS.Signals): void {
+  if (shuttingDown) {
+    log.warn(`${signal} again: exiting now`);
+    process.exit(130);
+  }
+  log.info(`${signal}: shutting down`);
+  void shutdown(0);
+}
+
+async function main(): Promise<void> {
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const started = performance.now();
+
+  let config: Config;
+  try {
+    config = loadConfig();
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`pgtestpool: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+
+  let conn: ConnConfig;
+  if (attachRequested()) {
+    conn = connFromEnv();
+  } else {
+    server = await startEmbedded({
+      port: process.env.PGPORT ? Number(process.env.PGPORT) : 5432,
+      password: process.env.POSTGRES_PASSWORD || 'postgres',
+    });
+    conn = server.clientConfig('postgres');
+    log.info(`embedded PostgreSQL ${server.install.version} on ${server.host}:${server.port}, data in ${server.dataDir}`);
+  }
+
+  sidecar = new Sidecar(config, conn);
+  sidecar.on('fatal', () => void shutdown(1));
+  await sidecar.start();
+  const status = await sidecar.whenFilled();
+  const seconds = ((performance.now() - started) / 1000).toFixed(1);
+  const failed = status.filter((s) => s.build_state === 'failed').map((s) => s.template);
+  const host = server ? server.host : conn.host ?? 'localhost';
+  const port = server ? server.port : conn.port ?? 5432;
+  process.stdout.write(
+    `pgtestpool ready in ${seconds} s${failed.length ? ` (templates that failed to build: ${failed.join(', ')})` : ''}: ` +
+      `psql "postgres://${conn.user ?? 'postgres'}@${host}:${port}/${conn.database ?? 'postgres'}" -c "SELECT claim_test_db()"` +
+      `${server ? ' (password: $POSTGRES_PASSWORD, default postgres)' : ''}\n`,
+  );
+}
+
+main().catch((err) => {
+  log.error(errorMessage(err));
+  void shutdown(1);
+});

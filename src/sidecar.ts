@@ -1,0 +1,207 @@
+// Wires the parts together: installs the SQL API, takes the leader lock, reconciles, builds the
+// templates, then keeps the pool filled (NOTIFY wakes it, a poll timer backs NOTIFY up) and
+// reclaims abandoned claims. start() and stop() are idempotent.
+import { EventEmitter } from 'node:events';
+import type pg from 'pg';
+import pgListen, { type Subscriber } from 'pg-listen';
+import type { Config, Strategy } from './config.ts';
+import { connect, describeConn, installApi, serverMajor, type ConnConfig } from './db.ts';
+import { Janitor } from './janitor.ts';
+import { errorMessage, log } from './log.ts';
+import { Pool } from './pool.ts';
+import { Templates } from './templates.ts';
+
+/** Held for the sidecar's lifetime: two sidecars on one server would fight over the pool. */
+const LEADER_LOCK = 7203551410;
+const CHANNEL = 'pgtestpool';
+
+// pg-listen is CommonJS with an `exports.default`; from ESM the function sits one level down.
+const createSubscriber = ((pgListen as unknown as { default?: typeof pgListen }).default ?? pgListen) as unknown as typeof pgListen.default;
+
+export interface StatusRow {
+  template: string;
+  build_state: string;
+  ready: number;
+  claimed: number;
+  creating: number;
+  dropping: number;
+  failed: number;
+  min_ready: number;
+  error: string | null;
+}
+
+export class Sidecar extends EventEmitter {
+  private control: pg.Client | null = null;
+  private subscriber: Subscriber | null = null;
+  private pool: Pool | null = null;
+  private janitor: Janitor | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private starting: Promise<void> | null = null;
+  private stopping: Promise<void> | null = null;
+  private sweeping = false;
+  serverMajor = 0;
+
+  constructor(
+    readonly config: Config,
+    readonly conn: ConnConfig,
+  ) {
+    super();
+  }
+
+  start(): Promise<void> {
+    this.starting ??= this.doStart();
+    return this.starting;
+  }
+
+  private async doStart(): Promise<void> {
+    const control = await connect(this.conn, 'pgtestpool sidecar');
+    this.control = control;
+    // A lost control connection leaves us blind: stop and let the supervisor restart us.
+    control.on('error', (err) => this.fatal(`control connection lost: ${errorMessage(err)}`));
+    const info = await control.query<{ v: string; createdb: boolean; super: boolean }>(
+      `SELECT current_setting('server_version_num') AS v,
+              rolcreatedb AS createdb, rolsuper AS super FROM pg_roles WHERE rolname = current_user`,
+    );
+    const row = info.rows[0]!;
+    this.serverMajor = serverMajor(row.v);
+    if (!row.createdb && !row.super) {
+      throw new Error(`role ${JSON.stringify(this.conn.user)} cannot create databases: connect as a superuser or a role with CREATEDB`);
+    }
+    log.info(`attached to PostgreSQL ${this.serverMajor} at ${describeConn(this.conn)}`);
+    await this.takeLeaderLock(control);
+    await installApi(control);
+    await control.query(
+      `INSERT INTO pgtestpool.settings (key, value) VALUES ('claim_timeout', $1), ('max_databases', $2)
+       ON CONFLICT (key) DO UPDATE SET value = excluded.value`,
+      [`${this.config.claim.timeoutMs} milliseconds`, String(this.config.pool.maxDatabases)],
+    );
+
+    this.janitor = new Janitor(control, this.config);
+    await this.janitor.reconcile();
+    await this.janitor.sweep();
+
+    const strategy = this.chooseStrategy();
+    this.pool = new Pool({ conn: this.conn, control, config: this.config, strategy });
+    await this.pool.start();
+    await this.listen();
+    // Drops of leftovers and refills of reused templates can start while the others build.
+    this.pool.wake();
+    await new Templates(this.conn, control, this.config, this.serverMajor).ensureAll(() => this.stopping !== null);
+    this.pool.wake();
+    this.timer = setInterval(() => void this.poll(), this.config.pool.pollIntervalMs);
+    log.info(
+      `pool running: ${this.config.templates.map((t) => `${t.name} min_ready ${t.minReady}`).join(', ')}; ` +
+        `max_databases ${this.config.pool.maxDatabases}; ${this.config.pool.concurrency} in flight; ` +
+        `strategy ${strategy ?? 'server default'}; ${this.janitor.describe()}`,
+    );
+  }
+
+  private chooseStrategy(): Strategy | null {
+    if (this.serverMajor < 15) {
+      if (this.config.pool.strategy) log.warn(`pool.strategy is ignored: PostgreSQL ${this.serverMajor} has no STRATEGY option`);
+      return null;
+    }
+    // FILE_COPY is 2x faster than WAL_LOG on tmpfs with fsync off (see README).
+    return this.config.pool.strategy ?? 'file_copy';
+  }
+
+  private async takeLeaderLock(control: pg.Client): Promise<void> {
+    // A sidecar killed a moment ago may still hold it until the server notices the closed socket.
+    const deadline = Date.now() + 15_000;
+    for (let warned = false; ; warned = true) {
+      const { rows } = await control.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [LEADER_LOCK]);
+      if (rows[0]!.ok) return;
+      if (Date.now() > deadline) {
+        throw new Error('another pgtestpool sidecar is attached to this server (it holds the leader lock); stop it first');
+      }
+      if (!warned) log.warn('another pgtestpool sidecar holds the leader lock; waiting up to 15 s');
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+
+  private async listen(): Promise<void> {
+    const subscriber = createSubscriber({ ...this.conn, application_name: 'pgtestpool listener' } as pg.ClientConfig, {
+      retryLimit: Infinity,
+      retryTimeout: Infinity,
+    });
+    subscriber.notifications.on(CHANNEL, (payload: Record<string, unknown>) => {
+      if (payload?.event === 'claim') {
+        log.info(`claimed ${payload.database} (template ${JSON.stringify(payload.template)}) by pid ${payload.pid}` +
+          (payload.application ? ` (${payload.application})` : ''));
+      } else if (payload?.event === 'release') {
+        log.info(`released ${payload.database} by pid ${payload.pid}`);
+      }
+      this.pool?.wake();
+    });
+    subscriber.events.on('error', (err: Error) => log.warn(`listener: ${errorMessage(err)}`));
+    // NOTIFY sent while we were disconnected is lost; the poll covers it, and a wake here re-plans at once.
+    subscriber.events.on('reconnect', () => this.pool?.wake());
+    await subscriber.connect();
+    await subscriber.listenTo(CHANNEL);
+    this.subscriber = subscriber;
+  }
+
+  private async poll(): Promise<void> {
+    if (this.sweeping || this.stopping || !this.janitor) return;
+    this.sweeping = true;
+    try {
+      await this.janitor.sweep();
+    } catch (err) {
+      log.warn(`janitor: ${errorMessage(err)}`);
+    } finally {
+      this.sweeping = false;
+    }
+    this.pool?.wake();
+  }
+
+  /** Per-template pool counts, as test_db_status() shows them. */
+  async status(): Promise<StatusRow[]> {
+    if (!this.control) return [];
+    const { rows } = await this.control.query('SELECT * FROM test_db_status()');
+    return rows.map((r) => ({
+      ...r,
+      ready: Number(r.ready),
+      claimed: Number(r.claimed),
+      creating: Number(r.creating),
+      dropping: Number(r.dropping),
+      failed: Number(r.failed),
+    }));
+  }
+
+  /** Resolves once every template is built (or failed) and every built one holds min_ready clones. */
+  async whenFilled(timeoutMs = 300_000): Promise<StatusRow[]> {
+    await this.start();
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const rows = await this.status();
+      const done = rows.every((r) => r.build_state === 'failed' || r.ready >= r.min_ready);
+      if (done) return rows;
+      if (Date.now() > deadline) throw new Error(`pool not filled after ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  private fatal(message: string): void {
+    if (this.stopping) return;
+    log.error(message);
+    this.emit('fatal', new Error(message));
+  }
+
+  /** Stops polling and listening, waits for CREATE/DROP in flight, closes connections. Idempotent. */
+  stop(): Promise<void> {
+    this.stopping ??= this.doStop();
+    return this.stopping;
+  }
+
+  private async doStop(): Promise<void> {
+    await this.starting?.catch(() => {});
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    await this.subscriber?.close().catch(() => {});
+    await this.pool?.stop();
+    // Wait for a sweep in progress so its queries finish before the connection closes.
+    while (this.sweeping) await new Promise((r) => setTimeout(r, 5));
+    await this.control?.end().catch(() => {});
+    this.control = null;
+  }
+}
