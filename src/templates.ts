@@ -29,7 +29,10 @@ export function templateDbName(name: string, hash: string): string {
 
 /** Drops a database we own, even a template or one with sessions still connected. */
 export async function dropDatabase(client: pg.Client, name: string): Promise<void> {
-  await client.query(`ALTER DATABASE ${ident(name)} WITH IS_TEMPLATE false ALLOW_CONNECTIONS true`).catch(() => {});
+  const { rows } = await client.query<{ t: boolean }>('SELECT datistemplate AS t FROM pg_database WHERE datname = $1', [name]);
+  if (rows.length === 0) return;
+  // A template database cannot be dropped until it is one no more.
+  if (rows[0]!.t) await client.query(`ALTER DATABASE ${ident(name)} WITH IS_TEMPLATE false`);
   await client.query(`DROP DATABASE IF EXISTS ${ident(name)} WITH (FORCE)`);
 }
 

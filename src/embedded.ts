@@ -1,0 +1,396 @@
+// Runs a throwaway PostgreSQL tuned for tests: its own initdb'd cluster in RAM (/dev/shm),
+// a postgres child process whose lifetime we own, and nothing left behind after stop().
+
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import fsSync from 'node:fs';
+import fs from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import type { ClientConfig } from 'pg';
+import { log, errorMessage } from './log.ts';
+import { findPostgres, type PgInstall } from './pgbin.ts';
+
+export interface EmbeddedOptions {
+  port?: number; // 0 or undefined = a random free port
+  password?: string; // superuser postgres's password, default 'postgres'
+  install?: PgInstall; // else findPostgres()
+  dataParent?: string; // default /dev/shm
+  settings?: Record<string, string | number>; // extra/override -c settings
+  onLog?: (line: string) => void; // server log lines; default: FATAL and PANIC to log.warn
+}
+
+export interface EmbeddedServer {
+  readonly host: string;
+  readonly port: number;
+  readonly socketDir: string;
+  readonly dataDir: string;
+  readonly install: PgInstall;
+  readonly password: string;
+  clientConfig(database?: string): ClientConfig;
+  url(database?: string): string;
+  stop(): Promise<void>;
+}
+
+/** Settings for a server whose data may be lost at any moment: trade all durability for speed. */
+export const TEST_TUNED_SETTINGS: Record<string, string | number> = {
+  // Never wait for the disk: a crash just means a new throwaway cluster.
+  fsync: 'off',
+  synchronous_commit: 'off',
+  full_page_writes: 'off',
+  // No replicas or archive: minimal WAL (CREATE TABLE + COPY in one transaction skip WAL entirely).
+  wal_level: 'minimal',
+  max_wal_senders: 0,
+  // Checkpoints only cost I/O here; let them happen rarely.
+  checkpoint_timeout: '1d',
+  max_wal_size: '1GB',
+  shared_buffers: '128MB',
+  // Parallel test workers each hold a pool of connections.
+  max_connections: 300,
+  // Test queries are small; LLVM JIT compile time (where the build has it) would dominate them.
+  jit: 'off',
+};
+
+const HOST = '127.0.0.1';
+const START_TIMEOUT_MS = 30_000;
+const STOP_TIMEOUT_MS = 10_000;
+const MIN_SHM_FREE = 512 * 1024 * 1024;
+
+interface RunAs {
+  name: string;
+  uid: number;
+  gid: number;
+}
+
+/** PostgreSQL refuses to run as root, so as root run it as `postgres` (or `nobody`). */
+function unprivilegedUser(): RunAs | undefined {
+  if (process.getuid?.() !== 0) return undefined;
+  const passwd = fsSync.readFileSync('/etc/passwd', 'utf8').split('\n').map((l) => l.split(':'));
+  for (const name of ['postgres', 'nobody']) {
+    const e = passwd.find((f) => f[0] === name);
+    if (e) return { name, uid: Number(e[2]), gid: Number(e[3]) };
+  }
+  throw new Error(
+    'running as root, which PostgreSQL refuses, and there is no "postgres" or "nobody" user to run it as: ' +
+      'create one (useradd --system postgres) or run pgtestpool as a non-root user',
+  );
+}
+
+/** Can `user` reach dir? (uid/gid only: spawn() drops supplementary groups.) */
+function traversable(dir: string, user: RunAs): boolean {
+  for (let d = fsSync.realpathSync(dir); ; d = path.dirname(d)) {
+    const st = fsSync.statSync(d);
+    const bit = st.uid === user.uid ? 0o100 : st.gid === user.gid ? 0o010 : 0o001;
+    if (!(st.mode & bit)) return false;
+    if (d === path.dirname(d)) return true;
+  }
+}
+
+function runsAs(install: PgInstall, user: RunAs): boolean {
+  const r = spawnSync(path.join(install.bindir, 'postgres'), ['--version'], { uid: user.uid, gid: user.gid, cwd: '/', timeout: 10_000 });
+  return r.status === 0;
+}
+
+/**
+ * The install itself if `user` can run it; else a copy of its bin/lib/share in a shared
+ * cache dir (e.g. node_modules under /root, mode 700). Copied once, reused after; the copy is
+ * built aside and renamed into place, so a present cache dir is a complete one.
+ */
+async function installFor(install: PgInstall, user: RunAs | undefined): Promise<PgInstall> {
+  if (!user || runsAs(install, user)) return install;
+  const hash = createHash('sha256').update(install.bindir).digest('hex').slice(0, 8);
+  const cache = path.join(os.tmpdir(), `pgtestpool-bin-${install.version}-${hash}`);
+  const copy = { ...install, bindir: path.join(cache, 'bin') };
+  if (fsSync.existsSync(copy.bindir) && runsAs(copy, user)) return copy;
+  log.info(`user ${user.name} cannot run PostgreSQL in ${install.bindir}: copying it to ${cache}`);
+  await fs.rm(cache, { recursive: true, force: true }); // a broken earlier copy
+  const tmp = await fs.mkdtemp(`${cache}.tmp-`);
+  try {
+    for (const sub of ['bin', 'lib', 'share']) {
+      const src = path.join(path.dirname(install.bindir), sub);
+      if (!fsSync.existsSync(src)) continue;
+      // Static libraries and headers are for building extensions, not running a server.
+      const filter = (p: string) => !p.endsWith('.a') && !/[/\\](include|pkgconfig)$/.test(p);
+      await fs.cp(src, path.join(tmp, sub), { recursive: true, verbatimSymlinks: true, filter });
+    }
+    await fs.chmod(tmp, 0o755);
+    await fs.rename(tmp, cache).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOTEMPTY' && err.code !== 'EEXIST') throw err; // else a concurrent copy won
+    });
+  } finally {
+    await fs.rm(tmp, { recursive: true, force: true });
+  }
+  if (!runsAs(copy, user)) {
+    throw new Error(
+      `user ${user.name} cannot run PostgreSQL from ${install.bindir} nor from its copy in ${cache}: ` +
+        'make the install readable by that user (chmod -R a+rX) or set PGTESTPOOL_PG_BINDIR to one it can run',
+    );
+  }
+  return copy;
+}
+
+/** /dev/shm keeps the cluster in RAM; fall back to the temp dir when it is missing or small (Docker's default is 64 MB). */
+async function defaultDataParent(): Promise<string> {
+  try {
+    const st = await fs.statfs('/dev/shm');
+    if (st.bavail * st.bsize >= MIN_SHM_FREE) return '/dev/shm';
+    log.warn(
+      `/dev/shm has only ${Math.round((st.bavail * st.bsize) / 2 ** 20)} MB free: putting PostgreSQL data in ${os.tmpdir()} (slower); ` +
+        'give it more room (e.g. docker run --shm-size=1g)',
+    );
+  } catch {
+    log.warn(`/dev/shm is missing: putting PostgreSQL data in ${os.tmpdir()} (slower)`);
+  }
+  return os.tmpdir();
+}
+
+function listen(port: number): Promise<net.Server> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen({ host: HOST, port, exclusive: true }, () => resolve(srv));
+  });
+}
+
+function portInUseError(port: number): Error {
+  return new Error(
+    `port ${port} on ${HOST} is already in use (another PostgreSQL?): stop that server or choose another port with PGPORT=...`,
+  );
+}
+
+/** Throws the clear "in use" error for a taken port; for port 0 returns a currently free one. */
+async function choosePort(port: number): Promise<number> {
+  try {
+    const srv = await listen(port);
+    const chosen = (srv.address() as net.AddressInfo).port;
+    await new Promise((r) => srv.close(r));
+    return chosen;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') throw portInUseError(port);
+    throw new Error(`cannot use port ${port} on ${HOST}: ${errorMessage(err)}; choose another port with PGPORT=...`);
+  }
+}
+
+function defaultOnLog(line: string): void {
+  // Tests' own SQL errors would drown the sidecar's log; only trouble with the server itself shows.
+  if (/\b(FATAL|PANIC):/.test(line) && !/password authentication failed|does not exist|terminating connection due to administrator/.test(line)) log.warn(`postgres: ${line}`);
+}
+
+/** Runs a binary to completion, returning its output; rejects with the output on failure. */
+function runTool(file: string, args: string[], opts: { cwd: string; user?: RunAs }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, args, { cwd: opts.cwd, uid: opts.user?.uid, gid: opts.user?.gid, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    child.once('error', reject);
+    child.once('close', (code, signal) => {
+      if (code === 0) resolve();
+      else reject(new Error(`${path.basename(file)} failed (${signal ?? `exit code ${code}`}):\n${out.trim().split('\n').slice(-20).join('\n')}`));
+    });
+  });
+}
+
+interface Launched {
+  child: ChildProcess;
+  exited: Promise<void>;
+  tail: string[];
+}
+
+/** Spawns the postmaster and resolves once postmaster.pid says "ready" (what pg_ctl -w checks). */
+async function launch(
+  install: PgInstall,
+  dir: string,
+  port: number,
+  settings: Record<string, string | number>,
+  user: RunAs | undefined,
+  onLog: (line: string) => void,
+): Promise<Launched> {
+  const dataDir = path.join(dir, 'data');
+  const args = ['-D', dataDir, '-p', String(port), '-c', `listen_addresses=${HOST}`, '-c', `unix_socket_directories=${dir}`];
+  for (const [k, v] of Object.entries(settings)) args.push('-c', `${k}=${v}`);
+  const child = spawn(path.join(install.bindir, 'postgres'), args, {
+    cwd: dir,
+    uid: user?.uid,
+    gid: user?.gid,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const tail: string[] = [];
+  for (const stream of [child.stdout!, child.stderr!]) {
+    readline.createInterface({ input: stream }).on('line', (line) => {
+      tail.push(line);
+      if (tail.length > 30) tail.shift();
+      onLog(line);
+    });
+  }
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const failed = new Promise<never>((_, reject) => {
+    child.once('error', reject);
+    // Let the last log lines arrive before reporting them.
+    exited.then(() => setTimeout(() => reject(new Error(`postgres exited during startup (code ${child.exitCode ?? child.signalCode}):\n${tail.join('\n')}`)), 50));
+  });
+  failed.catch(() => {}); // handled via the race below
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  const ready = (async () => {
+    for (;;) {
+      const pid = await fs.readFile(path.join(dataDir, 'postmaster.pid'), 'utf8').catch(() => '');
+      const lines = pid.split('\n');
+      if (lines[0] === String(child.pid) && lines[7]?.trim() === 'ready') return;
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      if (Date.now() > deadline) {
+        throw new Error(`postgres did not accept connections within ${START_TIMEOUT_MS / 1000} s:\n${tail.join('\n')}`);
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  try {
+    await Promise.race([ready, failed]);
+    if (child.exitCode !== null || child.signalCode !== null) await failed;
+  } catch (err) {
+    // Make sure it is gone before the caller removes its directory.
+    if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL');
+      await exited;
+    }
+    throw err;
+  }
+  return { child, exited, tail };
+}
+
+// Servers not yet stopped, killed synchronously if the process exits first (e.g. a crashed test run).
+const live = new Set<{ killNow(): void }>();
+let exitHooked = false;
+function trackForExit(s: { killNow(): void }): void {
+  if (!exitHooked) {
+    exitHooked = true;
+    process.on('exit', () => {
+      for (const x of live) x.killNow();
+    });
+  }
+  live.add(s);
+}
+
+export async function startEmbedded(opts: EmbeddedOptions = {}): Promise<EmbeddedServer> {
+  const password = opts.password ?? 'postgres';
+  if (/[\r\n]/.test(password)) throw new Error('the postgres password must not contain a line break');
+  const requested = opts.port ?? 0;
+  if (!Number.isInteger(requested) || requested < 0 || requested > 65535) {
+    throw new Error(`invalid port ${requested}: use 1-65535 (or 0 for a random free port)`);
+  }
+  let port = await choosePort(requested); // before initdb, so a taken port fails fast and leaves nothing
+  const user = unprivilegedUser();
+  const install = await installFor(opts.install ?? (await findPostgres()), user);
+  const parent = opts.dataParent ?? (await defaultDataParent());
+  if (user && !traversable(parent, user)) {
+    throw new Error(`user ${user.name} (PostgreSQL refuses to run as root) cannot reach ${parent}: use a dataParent it can enter (e.g. /tmp)`);
+  }
+  const settings = { ...TEST_TUNED_SETTINGS, ...opts.settings };
+  const onLog = opts.onLog ?? defaultOnLog;
+
+  const dir = await fs.mkdtemp(path.join(parent, 'pgtestpool-'));
+  const dataDir = path.join(dir, 'data');
+  try {
+    if (user) await fs.chown(dir, user.uid, user.gid);
+    const t0 = Date.now();
+    // Password via a file readable only by the server's user, gone right after initdb.
+    const pwfile = path.join(dir, 'pwfile');
+    await fs.writeFile(pwfile, `${password}\n`, { mode: 0o600 });
+    try {
+      if (user) await fs.chown(pwfile, user.uid, user.gid);
+      await runTool(
+        path.join(install.bindir, 'initdb'),
+        [
+          '-D', dataDir, '-U', 'postgres', '-E', 'UTF8', '--locale=C',
+          '--auth-local=trust', '--auth-host=scram-sha-256', `--pwfile=${pwfile}`,
+          '--no-sync', // nothing to make durable
+          ...(install.major >= 18 ? ['--no-data-checksums'] : []), // 18 turned them on by default: pure CPU cost here
+        ],
+        { cwd: dir, user },
+      );
+    } finally {
+      await fs.rm(pwfile, { force: true });
+    }
+    const t1 = Date.now();
+    let launched: Launched;
+    try {
+      launched = await launch(install, dir, port, settings, user, onLog);
+    } catch (err) {
+      if (!/could not bind|could not create any TCP\/IP sockets/.test(errorMessage(err))) throw err;
+      // Someone took the port between our check and postgres binding it.
+      if (requested !== 0) throw portInUseError(requested);
+      port = await choosePort(0);
+      launched = await launch(install, dir, port, settings, user, onLog);
+    }
+    log.debug(`PostgreSQL ${install.version} on ${HOST}:${port}, data in ${dir}: initdb ${t1 - t0} ms, start ${Date.now() - t1} ms`);
+    return new Server(install, dir, dataDir, port, password, launched);
+  } catch (err) {
+    await fs.rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+class Server implements EmbeddedServer {
+  readonly host = HOST;
+  private stopping: Promise<void> | undefined;
+
+  constructor(
+    readonly install: PgInstall,
+    private readonly dir: string,
+    readonly dataDir: string,
+    readonly port: number,
+    readonly password: string,
+    private readonly proc: Launched,
+  ) {
+    trackForExit(this);
+    proc.exited.then(() => {
+      if (!this.stopping) log.error(`PostgreSQL on port ${port} exited unexpectedly:\n${proc.tail.slice(-10).join('\n')}`);
+    });
+  }
+
+  get socketDir(): string {
+    return this.dir;
+  }
+
+  clientConfig(database = 'postgres'): ClientConfig {
+    return { host: HOST, port: this.port, user: 'postgres', password: this.password, database };
+  }
+
+  url(database = 'postgres'): string {
+    return `postgres://postgres:${encodeURIComponent(this.password)}@${HOST}:${this.port}/${encodeURIComponent(database)}`;
+  }
+
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      const { child, exited } = this.proc;
+      const waitExit = (ms: number) =>
+        Promise.race([exited.then(() => true), new Promise<boolean>((r) => setTimeout(r, ms, false).unref())]);
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGINT'); // "fast" shutdown: abort sessions, exit cleanly
+        if (!(await waitExit(STOP_TIMEOUT_MS))) {
+          log.warn(`PostgreSQL on port ${this.port} did not stop within ${STOP_TIMEOUT_MS / 1000} s: killing it`);
+          child.kill('SIGKILL');
+          await waitExit(5_000);
+        }
+      }
+      await fs.rm(this.dir, { recursive: true, force: true, maxRetries: 3 });
+      live.delete(this);
+    })();
+    return this.stopping;
+  }
+
+  /** Synchronous best effort for process 'exit', when stop() was never awaited. */
+  killNow(): void {
+    try {
+      this.proc.child.kill('SIGKILL');
+    } catch {
+      // already gone
+    }
+    try {
+      fsSync.rmSync(this.dir, { recursive: true, force: true, maxRetries: 3 });
+    } catch {
+      // best effort
+    }
+  }
+}

