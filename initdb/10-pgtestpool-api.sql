@@ -307,6 +307,21 @@ AS $$
    GROUP BY t.name
 $$;
 
+-- Ready clones beyond a template's min_ready (min_ready was lowered, or a template was dropped
+-- from the config): marked for dropping, newest first, so memory follows the config.
+CREATE OR REPLACE FUNCTION pgtestpool.trim_surplus() RETURNS TABLE (name text, template text, reason text)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  UPDATE pgtestpool.databases d
+     SET state = 'dropping', drop_reason = format('surplus: more ready than min_ready (%s)', s.min_ready)
+    FROM (SELECT r.id, t.min_ready, row_number() OVER (PARTITION BY r.template ORDER BY r.id) AS n
+            FROM pgtestpool.databases r JOIN pgtestpool.templates t ON t.name = r.template
+           WHERE r.state = 'ready') s
+   WHERE d.id = s.id AND s.n > s.min_ready
+  RETURNING d.name, d.template, d.drop_reason
+$$;
+
 -- Sidecar heartbeat and housekeeping: failed rows are kept ten minutes for test_db_status().
 CREATE OR REPLACE FUNCTION pgtestpool.heartbeat() RETURNS void
 LANGUAGE sql VOLATILE

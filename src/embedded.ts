@@ -215,6 +215,9 @@ async function launch(
     cwd: dir,
     uid: user?.uid,
     gid: user?.gid,
+    // Its own process group: a terminal's Ctrl-C goes to us only, and we stop the server after
+    // the sidecar has finished, instead of both at once.
+    detached: true,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const tail: string[] = [];

@@ -87,6 +87,8 @@ export class Sidecar extends EventEmitter {
     // Drops of leftovers and refills of reused templates can start while the others build.
     this.pool.wake();
     await new Templates(this.conn, control, this.config, this.serverMajor).ensureAll(() => this.stopping !== null);
+    const { rows: surplus } = await control.query<{ name: string; reason: string }>('SELECT * FROM pgtestpool.trim_surplus()');
+    for (const r of surplus) log.info(`${r.name} will be dropped: ${r.reason}`);
     this.pool.wake();
     this.timer = setInterval(() => void this.poll(), this.config.pool.pollIntervalMs);
     log.info(

@@ -1,0 +1,296 @@
+// The core behaviours against real servers: every test runs on each PostgreSQL major found
+// (PG 15 from Debian and PG 18 from npm in CI).
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import type pg from 'pg';
+import type { EmbeddedServer } from '../src/embedded.ts';
+import {
+  claim, client, configDir, databaseExists, exited, removeConfigDir, simpleConfig, spawnSidecar, startServer,
+  startSidecar, status, testInstalls, waitFor, EXAMPLE_SCHEMA,
+} from './harness.ts';
+
+const installs = await testInstalls();
+
+async function poolDatabases(admin: pg.Client): Promise<string[]> {
+  const { rows } = await admin.query<{ datname: string }>(
+    "SELECT datname FROM pg_database WHERE datname LIKE 'pgtp\\_%' AND datname NOT LIKE 'pgtp\\_tpl\\_%' ORDER BY 1",
+  );
+  return rows.map((r) => r.datname);
+}
+
+for (const install of installs) {
+  describe(`PostgreSQL ${install.major} (${install.source})`, () => {
+    let server: EmbeddedServer;
+    let admin: pg.Client;
+
+    before(async () => {
+      server = await startServer(install);
+      admin = await client(server);
+    });
+    after(async () => {
+      await admin?.end();
+      await server?.stop();
+    });
+
+    test('claim returns a fresh database that already has the schema', async () => {
+      const sc = await startSidecar(server, simpleConfig({ minReady: 3 }));
+      try {
+        const name = await claim(admin);
+        assert.match(name, /^pgtp_default_[a-z0-9]+_\d+$/);
+        const db = await client(server, name);
+        const { rows } = await db.query('SELECT email FROM accounts ORDER BY id');
+        assert.deepEqual(rows.map((r) => r.email), ['a@example.com', 'b@example.com']);
+        await db.query("INSERT INTO accounts (email) VALUES ('c@example.com')");
+        await db.end();
+        // Another claim never sees the first test's rows.
+        const other = await client(server, await claim(admin));
+        const { rows: fresh } = await other.query('SELECT count(*)::int AS n FROM accounts');
+        assert.equal(fresh[0].n, 2);
+        await other.end();
+        const { rows: who } = await admin.query('SELECT state, claimed_pid, claimed_role FROM test_dbs WHERE name = $1', [name]);
+        assert.equal(who[0].state, 'claimed');
+        assert.equal(who[0].claimed_role, 'postgres');
+        assert.equal(who[0].claimed_pid, (admin as unknown as { processID: number }).processID);
+      } finally {
+        await sc.stop();
+      }
+    });
+
+    test('50 concurrent claimers get 50 distinct databases, and the pool refills after the burst', async () => {
+      const sc = await startSidecar(server, simpleConfig({ minReady: 8, max: 64 }));
+      const clients = await Promise.all(Array.from({ length: 50 }, () => client(server)));
+      try {
+        const names = await Promise.all(clients.map((c) => claim(c)));
+        assert.equal(new Set(names).size, 50, 'every claimer gets its own database');
+        for (const name of names) assert.ok(await databaseExists(admin, name), `${name} exists when handed out`);
+        const { rows } = await admin.query("SELECT count(*)::int AS n FROM test_dbs WHERE state = 'claimed'");
+        assert.equal(rows[0].n, 50);
+        // Refill: back to min_ready without anybody asking, within the max_databases cap.
+        const s = await waitFor('refill to min_ready', async () => {
+          const st = await status(admin);
+          return st.ready >= 8 ? st : null;
+        });
+        assert.ok(s!.ready + s!.claimed + s!.creating <= 64);
+      } finally {
+        await Promise.all(clients.map((c) => c.end()));
+        await sc.stop();
+      }
+    });
+
+    test('max_databases caps the pool: claims beyond it wait, then fail with the pool state', async () => {
+      const sc = await startSidecar(server, simpleConfig({ minReady: 2, max: 3, claimTimeout: '1s' }));
+      try {
+        const held = [await claim(admin), await claim(admin), await claim(admin)];
+        assert.equal(new Set(held).size, 3);
+        await assert.rejects(claim(admin), (err: Error & { detail?: string }) => {
+          assert.match(err.message, /no ready database for template 'default' within/);
+          assert.match(err.detail ?? '', /claimed 3/);
+          assert.match(err.detail ?? '', /max_databases 3/);
+          return true;
+        });
+        // Releasing one frees room: the next claim succeeds.
+        await admin.query('SELECT release_test_db($1)', [held[0]]);
+        assert.ok(await claim(admin));
+      } finally {
+        await sc.stop();
+      }
+    });
+
+    test('release drops the database (even with a leaked connection) and replaces it', async () => {
+      const sc = await startSidecar(server, simpleConfig({ minReady: 2 }));
+      try {
+        const name = await claim(admin);
+        const leaked = await client(server, name);
+        leaked.on('error', () => {});
+        await admin.query('SELECT release_test_db($1)', [name]);
+        await waitFor('released database dropped', async () => !(await databaseExists(admin, name)));
+        await assert.rejects(leaked.query('SELECT 1'), 'the leaked connection was terminated');
+        await waitFor('pool replenished', async () => (await status(admin)).ready >= 2);
+        await assert.rejects(admin.query('SELECT release_test_db($1)', [name]), /is not a database handed out by claim_test_db/);
+        const ready = (await admin.query("SELECT name FROM test_dbs WHERE state = 'ready' LIMIT 1")).rows[0].name;
+        await assert.rejects(admin.query('SELECT release_test_db($1)', [ready]), /is not claimed \(it is ready\)/);
+        await leaked.end().catch(() => {});
+      } finally {
+        await sc.stop();
+      }
+    });
+
+    test('a claimer that disconnects without releasing is reclaimed after idle_timeout', async () => {
+      const sc = await startSidecar(server, simpleConfig({ minReady: 2, idle: '1s' }));
+      try {
+        const claimer = await client(server);
+        const name = await claim(claimer);
+        const user = await client(server, name);
+        await claimer.end(); // the claiming session is gone, but a connection to the clone remains
+        await new Promise((r) => setTimeout(r, 1800));
+        assert.ok(await databaseExists(admin, name), 'not reclaimed while connected');
+        const started = Date.now();
+        await user.end();
+        await waitFor('reclaim', async () => !(await databaseExists(admin, name)));
+        const waited = Date.now() - started;
+        assert.ok(waited >= 900, `reclaimed after ${waited} ms, not before idle_timeout`);
+        // While the claiming session lives, the claim is kept even with no connection to the clone.
+        const holder = await client(server);
+        const kept = await claim(holder);
+        await new Promise((r) => setTimeout(r, 1800));
+        assert.ok(await databaseExists(admin, kept));
+        await holder.end();
+      } finally {
+        await sc.stop();
+      }
+    });
+
+    test('a claim older than max_duration is reclaimed even while its session lives', async () => {
+      const sc = await startSidecar(server, simpleConfig({ minReady: 1, maxDuration: '1s' }));
+      try {
+        const name = await claim(admin);
+        await waitFor('max_duration reclaim', async () => !(await databaseExists(admin, name)), 10_000);
+        await assert.rejects(admin.query('SELECT release_test_db($1)', [name]), /is not a database handed out/);
+      } finally {
+        await sc.stop();
+      }
+    });
+
+    test('unknown template: an immediate error listing the known ones; injection attempts are just names', async () => {
+      const sc = await startSidecar(server, simpleConfig({ minReady: 1 }));
+      try {
+        const started = Date.now();
+        await assert.rejects(claim(admin, 'nope'), (err: Error & { hint?: string }) => {
+          assert.match(err.message, /unknown template 'nope'/);
+          assert.match(err.hint ?? '', /known templates: 'default'/);
+          return true;
+        });
+        assert.ok(Date.now() - started < 1000, 'fails at once');
+        await assert.rejects(claim(admin, "default'; DROP TABLE pgtestpool.databases; --"), /unknown template/);
+        await assert.rejects(admin.query('SELECT release_test_db($1)', ['x"; DROP DATABASE postgres; --']), /not a database handed out/);
+        assert.ok((await admin.query("SELECT to_regclass('pgtestpool.databases') AS t")).rows[0].t, 'control table intact');
+      } finally {
+        await sc.stop();
+      }
+    });
+
+    test('a non-superuser reaches only what it claimed, and cannot release what it did not claim', async () => {
+      const sc = await startSidecar(server, simpleConfig({ minReady: 3 }));
+      await admin.query("DROP ROLE IF EXISTS tester; CREATE ROLE tester LOGIN PASSWORD 'tester-pw'");
+      const tester = await client(server, 'postgres', { user: 'tester', password: 'tester-pw' });
+      try {
+        const mine = await claim(tester);
+        const db = await client(server, mine, { user: 'tester', password: 'tester-pw' });
+        assert.equal((await db.query('SELECT current_database() AS d')).rows[0].d, mine);
+        await db.end();
+        // Not an unclaimed clone, not someone else's claim, not the template.
+        const ready = (await admin.query("SELECT name FROM test_dbs WHERE state = 'ready' LIMIT 1")).rows[0].name;
+        await assert.rejects(client(server, ready, { user: 'tester', password: 'tester-pw' }), /permission denied for database/);
+        const theirs = await claim(admin);
+        await assert.rejects(client(server, theirs, { user: 'tester', password: 'tester-pw' }), /permission denied for database/);
+        const tpl = (await admin.query("SELECT template_database FROM test_db_status()")).rows[0].template_database;
+        await assert.rejects(client(server, tpl, { user: 'tester', password: 'tester-pw' }), /not currently accepting connections|permission denied/);
+        await assert.rejects(tester.query(`DROP DATABASE "${theirs}"`), /must be owner/);
+        await assert.rejects(tester.query('SELECT release_test_db($1)', [theirs]), (err: Error & { detail?: string }) => {
+          assert.match(err.message, /permission denied to release/);
+          assert.match(err.detail ?? '', /claimed by role postgres; you are tester/);
+          return true;
+        });
+        await assert.rejects(tester.query('SELECT * FROM pgtestpool.databases'), /permission denied/);
+        // Its own claim it may release; a superuser may release anyone's.
+        await tester.query('SELECT release_test_db($1)', [mine]);
+        await admin.query('SELECT release_test_db($1)', [theirs]);
+      } finally {
+        await tester.end();
+        await sc.stop();
+        await waitFor('tester clones dropped', async () =>
+          (await admin.query("SELECT 1 FROM test_dbs WHERE claimed_role = 'tester'")).rowCount === 0);
+        await admin.query('DROP ROLE tester');
+      }
+    });
+
+    test('template names that need quoting work end to end', async () => {
+      const weird = 'Ünï "quoted"; name';
+      const sc = await startSidecar(server, simpleConfig({ minReady: 2, template: weird }));
+      try {
+        const name = await claim(admin, weird);
+        const db = await client(server, name);
+        assert.equal((await db.query('SELECT count(*)::int AS n FROM accounts')).rows[0].n, 2);
+        await db.end();
+        await admin.query('SELECT release_test_db($1)', [name]);
+        await waitFor('dropped', async () => !(await databaseExists(admin, name)));
+        assert.equal((await status(admin, weird)).build_state, 'ready');
+      } finally {
+        await sc.stop();
+      }
+    });
+
+    test('a template whose SQL fails: claims fail at once with the file, line and message', async () => {
+      const files = { ...EXAMPLE_SCHEMA, 'schema/003.sql': 'SELECT 1;\nCREATE TABLE broken (id int REFERENCES nowhere);\n' };
+      const sc = await startSidecar(server, simpleConfig({ minReady: 1 }), files);
+      try {
+        const started = Date.now();
+        await assert.rejects(claim(admin), (err: Error & { detail?: string }) => {
+          assert.match(err.message, /template 'default' failed to build/);
+          assert.match(err.detail ?? '', /schema\/003\.sql:2: ERROR: +relation "nowhere" does not exist/);
+          return true;
+        });
+        assert.ok(Date.now() - started < 1000);
+        const st = await status(admin);
+        assert.equal(st.build_state, 'failed');
+        // Clones left by earlier tests' templates are dropped; none are made of the failed one.
+        await waitFor('no clones of a failed template', async () => (await poolDatabases(admin)).length === 0);
+        const { rows } = await admin.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgtp\\_tpl\\_%'");
+        assert.deepEqual(rows, [], 'the half-built template is dropped');
+      } finally {
+        await sc.stop();
+      }
+    });
+
+    test('a sidecar restart with unchanged files reuses the template and its ready clones', async () => {
+      const yaml = simpleConfig({ minReady: 3 });
+      const first = await startSidecar(server, yaml);
+      const cfgFiles = EXAMPLE_SCHEMA;
+      const before = (await admin.query("SELECT name FROM test_dbs WHERE state = 'ready' ORDER BY name")).rows.map((r) => r.name);
+      const tpl = (await status(admin)).template_database;
+      await first.stop({ keepClaims: true });
+      const second = await startSidecar(server, yaml, cfgFiles);
+      try {
+        assert.equal((await status(admin)).template_database, tpl, 'template reused, not rebuilt');
+        const after = (await admin.query("SELECT name FROM test_dbs WHERE state = 'ready' ORDER BY name")).rows.map((r) => r.name);
+        assert.deepEqual(after, before, 'ready clones survive the restart');
+      } finally {
+        await second.stop();
+      }
+    });
+
+    test('sidecar killed with SIGKILL mid-refill and restarted: nothing handed out twice, nothing left over', async () => {
+      const configFile = configDir(simpleConfig({ minReady: 12, concurrency: 2 }), EXAMPLE_SCHEMA);
+      let child = spawnSidecar(server, configFile);
+      try {
+        await waitFor('first sidecar ready', async () => /pgtestpool ready/.test(child.output()), 60_000);
+        const claimers = await Promise.all(Array.from({ length: 10 }, () => client(server)));
+        const first = await Promise.all(claimers.map((c) => claim(c)));
+        // Kill it while it is creating replacements.
+        await waitFor('a clone in flight', async () => (await status(admin)).creating > 0, 10_000);
+        child.kill('SIGKILL');
+        await exited(child);
+        const leftover = (await admin.query("SELECT count(*)::int AS n FROM test_dbs WHERE state = 'creating'")).rows[0].n;
+        assert.ok(leftover > 0, 'the kill left half-created clones behind (the case under test)');
+
+        child = spawnSidecar(server, configFile);
+        await waitFor('restarted sidecar ready', async () => /pgtestpool ready/.test(child.output()), 60_000);
+        await waitFor('no creating or dropping rows', async () =>
+          (await admin.query("SELECT 1 FROM test_dbs WHERE state IN ('creating', 'dropping')")).rowCount === 0);
+        const second = await Promise.all(claimers.map((c) => claim(c)));
+        const all = [...first, ...second];
+        assert.equal(new Set(all).size, all.length, 'no database handed out twice');
+        // Every pool database on the server is accounted for by a ready or claimed row, and vice versa.
+        await waitFor('pool settled', async () => (await status(admin)).creating === 0);
+        const rows = (await admin.query("SELECT name FROM test_dbs WHERE state IN ('ready', 'claimed') ORDER BY name")).rows.map((r) => r.name);
+        assert.deepEqual(await poolDatabases(admin), rows.sort());
+        for (const name of first) assert.ok(rows.includes(name), `${name} (claimed before the kill) is still claimed`);
+        await Promise.all(claimers.map((c) => c.end()));
+      } finally {
+        child.kill('SIGTERM');
+        assert.equal(await exited(child), 0, 'SIGTERM stops the sidecar cleanly');
+        removeConfigDir(configFile);
+      }
+    });
+  });
+}

@@ -1,0 +1,184 @@
+// Shared test harness: real PostgreSQL servers (tmpfs, random free port) for every major this
+// machine has, config folders in temp dirs, and in-process or child-process sidecars.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { parseConfig } from '../src/config.ts';
+import { startEmbedded, type EmbeddedServer } from '../src/embedded.ts';
+import { setQuiet } from '../src/log.ts';
+import { listPostgresInstalls, type PgInstall } from '../src/pgbin.ts';
+import { Sidecar } from '../src/sidecar.ts';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+if (!process.env.PGTESTPOOL_TEST_VERBOSE) setQuiet(true);
+
+/**
+ * The installs to test against: one per major. PGTESTPOOL_TEST_MAJORS=15,18 limits them; CI sets
+ * PGTESTPOOL_TEST_REQUIRE_MAJORS=15,18 so a missing install fails instead of silently shrinking coverage.
+ */
+export async function testInstalls(): Promise<PgInstall[]> {
+  const all = await listPostgresInstalls();
+  const byMajor = new Map<number, PgInstall>();
+  for (const i of all) if (!byMajor.has(i.major)) byMajor.set(i.major, i);
+  let installs = [...byMajor.values()].sort((a, b) => a.major - b.major);
+  const only = process.env.PGTESTPOOL_TEST_MAJORS?.split(',').map(Number);
+  if (only) installs = installs.filter((i) => only.includes(i.major));
+  const required = process.env.PGTESTPOOL_TEST_REQUIRE_MAJORS?.split(',').map(Number) ?? [];
+  for (const major of required) {
+    if (!installs.some((i) => i.major === major)) throw new Error(`PostgreSQL ${major} is required for the tests but was not found`);
+  }
+  if (installs.length === 0) throw new Error('no PostgreSQL installation found for the tests');
+  return installs;
+}
+
+export async function startServer(install: PgInstall): Promise<EmbeddedServer> {
+  return startEmbedded({ port: 0, install });
+}
+
+/** A temp folder with config.yaml and the given files; returns the config path. */
+export function configDir(yaml: string, files: Record<string, string> = {}): string {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'pgtestpool-test-'));
+  for (const [name, text] of Object.entries(files)) {
+    mkdirSync(path.dirname(path.join(dir, name)), { recursive: true });
+    writeFileSync(path.join(dir, name), text);
+  }
+  writeFileSync(path.join(dir, 'config.yaml'), yaml);
+  return path.join(dir, 'config.yaml');
+}
+
+export function removeConfigDir(configFile: string): void {
+  rmSync(path.dirname(configFile), { recursive: true, force: true });
+}
+
+export const EXAMPLE_SCHEMA = {
+  'schema/001.sql': `CREATE TABLE accounts (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email text NOT NULL UNIQUE);
+CREATE TABLE notes (id serial PRIMARY KEY, account_id bigint REFERENCES accounts, body text);`,
+  'schema/002.sql': `INSERT INTO accounts (email) VALUES ('a@example.com'), ('b@example.com');`,
+};
+
+/** A config with fast polling for tests; `extra` is appended (YAML). */
+export function simpleConfig(opts: { minReady?: number; max?: number; idle?: string; maxDuration?: string; claimTimeout?: string; template?: string; concurrency?: number } = {}): string {
+  return `templates:
+  ${JSON.stringify(opts.template ?? 'default')}:
+    schema: [schema/*.sql]
+    min_ready: ${opts.minReady ?? 4}
+pool:
+  max_databases: ${opts.max ?? 64}
+  poll_interval: 100ms
+  concurrency: ${opts.concurrency ?? 2}
+lease:
+  idle_timeout: ${opts.idle ?? '30s'}
+  max_duration: ${opts.maxDuration ?? '1h'}
+claim:
+  timeout: ${opts.claimTimeout ?? '20s'}
+`;
+}
+
+export interface RunningSidecar {
+  sidecar: Sidecar;
+  configFile: string;
+  /** Releases every claim and waits for the drops (so tests sharing a server start clean), then stops. */
+  stop(opts?: { keepClaims?: boolean }): Promise<void>;
+}
+
+export async function startSidecar(server: EmbeddedServer, yaml: string, files: Record<string, string> = EXAMPLE_SCHEMA): Promise<RunningSidecar> {
+  const configFile = configDir(yaml, files);
+  const sidecar = new Sidecar(parseConfig(yaml, configFile), server.clientConfig('postgres'));
+  try {
+    await sidecar.start();
+    await sidecar.whenFilled(60_000);
+  } catch (err) {
+    await sidecar.stop();
+    removeConfigDir(configFile);
+    throw err;
+  }
+  return {
+    sidecar,
+    configFile,
+    stop: async (opts = {}) => {
+      try {
+        if (!opts.keepClaims) {
+          const admin = await client(server);
+          try {
+            await admin.query("UPDATE pgtestpool.databases SET state = 'dropping', drop_reason = 'test cleanup' WHERE state = 'claimed'");
+            await waitFor('cleanup drops', async () =>
+              (await admin.query("SELECT 1 FROM pgtestpool.databases WHERE state = 'dropping'")).rowCount === 0);
+          } finally {
+            await admin.end();
+          }
+        }
+      } finally {
+        await sidecar.stop();
+        removeConfigDir(configFile);
+      }
+    },
+  };
+}
+
+export async function client(server: EmbeddedServer, database = 'postgres', user?: { user: string; password: string }): Promise<pg.Client> {
+  const c = new pg.Client({ ...server.clientConfig(database), ...(user ?? {}) });
+  await c.connect();
+  return c;
+}
+
+export async function claim(c: pg.Client, template?: string): Promise<string> {
+  const { rows } = template === undefined
+    ? await c.query<{ name: string }>('SELECT claim_test_db() AS name')
+    : await c.query<{ name: string }>('SELECT claim_test_db($1) AS name', [template]);
+  return rows[0]!.name;
+}
+
+export async function status(c: pg.Client, template = 'default'): Promise<Record<string, unknown> & { ready: number; claimed: number; creating: number; dropping: number }> {
+  const { rows } = await c.query('SELECT * FROM test_db_status() WHERE template = $1', [template]);
+  const r = rows[0];
+  if (!r) throw new Error(`no status row for template ${template}`);
+  return { ...r, ready: Number(r.ready), claimed: Number(r.claimed), creating: Number(r.creating), dropping: Number(r.dropping) };
+}
+
+export async function databaseExists(c: pg.Client, name: string): Promise<boolean> {
+  const { rowCount } = await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [name]);
+  return rowCount === 1;
+}
+
+/** Polls `check` until it returns a truthy value or the time is up. */
+export async function waitFor<T>(what: string, check: () => Promise<T>, timeoutMs = 15_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** The sidecar as a separate process (`src/main.ts`) attached to `server`, as the image runs it. */
+export function spawnSidecar(server: EmbeddedServer, configFile: string, env: Record<string, string> = {}): ChildProcess & { output: () => string } {
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/main.ts')], {
+    cwd: ROOT,
+    env: {
+      ...process.env,
+      PGHOST: server.host,
+      PGPORT: String(server.port),
+      PGUSER: 'postgres',
+      PGPASSWORD: server.password,
+      PGDATABASE: 'postgres',
+      PGTESTPOOL_CONFIG: configFile,
+      PGTESTPOOL_LOG: '',
+      ...env,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (out += d));
+  return Object.assign(child, { output: () => out });
+}
+
+export function exited(child: ChildProcess): Promise<number | null> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(child.exitCode);
+  return new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+}
