@@ -9,6 +9,9 @@ import { Sidecar } from './sidecar.ts';
 let sidecar: Sidecar | null = null;
 let server: EmbeddedServer | null = null;
 let shuttingDown: Promise<void> | null = null;
+let firstSignalAt = 0;
+/** Graceful stop waits for CREATE/DROP in flight; past this, something is stuck. */
+const SHUTDOWN_LIMIT_MS = 30_000;
 
 function shutdown(code: number): Promise<void> {
   shuttingDown ??= (async () => {
@@ -22,10 +25,18 @@ function shutdown(code: number): Promise<void> {
 
 function onSignal(signal: NodeJS.Signals): void {
   if (shuttingDown) {
+    // One Ctrl-C can arrive twice (the terminal signals the process group, and tsx relays it too);
+    // only a deliberate second one, a moment later, cuts the graceful stop short.
+    if (Date.now() - firstSignalAt < 1500) return;
     log.warn(`${signal} again: exiting now`);
     process.exit(130);
   }
+  firstSignalAt = Date.now();
   log.info(`${signal}: shutting down`);
+  setTimeout(() => {
+    log.error(`graceful shutdown took more than ${SHUTDOWN_LIMIT_MS / 1000} s: exiting`);
+    process.exit(1);
+  }, SHUTDOWN_LIMIT_MS).unref();
   void shutdown(0);
 }
 
