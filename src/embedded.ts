@@ -9,7 +9,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
-import type { ClientConfig } from 'pg';
+import pg, { type ClientConfig } from 'pg';
 import { log, errorMessage } from './log.ts';
 import { findPostgres, type PgInstall } from './pgbin.ts';
 
@@ -51,6 +51,8 @@ export const TEST_TUNED_SETTINGS: Record<string, string | number> = {
   max_connections: 300,
   // Test queries are small; LLVM JIT compile time (where the build has it) would dominate them.
   jit: 'off',
+  // Never log statements: ALTER ROLE ... PASSWORD must not reach the server log.
+  log_statement: 'none',
 };
 
 const HOST = '127.0.0.1';
@@ -289,7 +291,9 @@ export async function startEmbedded(opts: EmbeddedOptions = {}): Promise<Embedde
   if (user && !traversable(parent, user)) {
     throw new Error(`user ${user.name} (PostgreSQL refuses to run as root) cannot reach ${parent}: use a dataParent it can enter (e.g. /tmp)`);
   }
-  const settings = { ...TEST_TUNED_SETTINGS, ...opts.settings };
+  // Cheap password hashing for roles created later too (see cheapPasswordHash).
+  const hashing: Record<string, string | number> = install.major >= 16 ? { scram_iterations: 16 } : { password_encryption: 'md5' };
+  const settings = { ...TEST_TUNED_SETTINGS, ...hashing, ...opts.settings };
   const onLog = opts.onLog ?? defaultOnLog;
 
   const dir = await fs.mkdtemp(path.join(parent, 'pgtestpool-'));
@@ -306,7 +310,8 @@ export async function startEmbedded(opts: EmbeddedOptions = {}): Promise<Embedde
         path.join(install.bindir, 'initdb'),
         [
           '-D', dataDir, '-U', 'postgres', '-E', 'UTF8', '--locale=C',
-          '--auth-local=trust', '--auth-host=scram-sha-256', `--pwfile=${pwfile}`,
+          // md5 where SCRAM's hashing cost cannot be lowered (see cheapPasswordHash).
+          '--auth-local=trust', `--auth-host=${install.major >= 16 ? 'scram-sha-256' : 'md5'}`, `--pwfile=${pwfile}`,
           '--no-sync', // nothing to make durable
           ...(install.major >= 18 ? ['--no-data-checksums'] : []), // 18 turned them on by default: pure CPU cost here
         ],
@@ -326,11 +331,35 @@ export async function startEmbedded(opts: EmbeddedOptions = {}): Promise<Embedde
       port = await choosePort(0);
       launched = await launch(install, dir, port, settings, user, onLog);
     }
+    const server = new Server(install, dir, dataDir, port, password, launched);
+    try {
+      await cheapPasswordHash(server);
+    } catch (err) {
+      await server.stop();
+      throw err;
+    }
     log.debug(`PostgreSQL ${install.version} on ${HOST}:${port}, data in ${dir}: initdb ${t1 - t0} ms, start ${Date.now() - t1} ms`);
-    return new Server(install, dir, dataDir, port, password, launched);
+    return server;
   } catch (err) {
     await fs.rm(dir, { recursive: true, force: true });
     throw err;
+  }
+}
+
+/**
+ * Every test opens a connection to its clone, and SCRAM's default 4096 hashing rounds cost ~6 ms
+ * of CPU per connection (client and server): more than the clone itself. On this throwaway
+ * server the password is re-hashed with 16 rounds (PG 16+: scram_iterations, also the default for
+ * roles created later) or as md5 (PG 15 and older). Done over the trusted local socket.
+ */
+async function cheapPasswordHash(server: Server): Promise<void> {
+  const c = new pg.Client({ host: server.socketDir, port: server.port, user: 'postgres', database: 'postgres' });
+  await c.connect();
+  try {
+    await c.query(server.install.major >= 16 ? 'SET scram_iterations = 16' : "SET password_encryption = 'md5'");
+    await c.query(`ALTER ROLE postgres PASSWORD ${c.escapeLiteral(server.password)}`);
+  } finally {
+    await c.end();
   }
 }
 

@@ -8,7 +8,7 @@ import { dropDatabase } from './templates.ts';
 
 export class Janitor {
   constructor(
-    private readonly control: pg.Client,
+    private readonly db: pg.Pool,
     private readonly config: Config,
   ) {}
 
@@ -17,17 +17,17 @@ export class Janitor {
    * sidecar can have a CREATE in flight: every 'creating' row is a leftover.
    */
   async reconcile(): Promise<void> {
-    const { rows: halfCreated } = await this.control.query<{ name: string }>(
+    const { rows: halfCreated } = await this.db.query<{ name: string }>(
       `UPDATE pgtestpool.databases SET state = 'dropping', drop_reason = 'half-created (the sidecar stopped during CREATE)'
         WHERE state = 'creating' RETURNING name`,
     );
     for (const r of halfCreated) log.info(`reconcile: ${r.name} was half-created; it will be dropped`);
 
     // Only databases with our prefix that no row accounts for; nothing else on the server is touched.
-    const { rows: orphans } = await this.control.query<{ name: string }>('SELECT name FROM pgtestpool.orphans()');
+    const { rows: orphans } = await this.db.query<{ name: string }>('SELECT name FROM pgtestpool.orphans()');
     for (const o of orphans) {
       try {
-        await dropDatabase(this.control, o.name);
+        await dropDatabase(this.db, o.name);
         log.info(`reconcile: dropped ${o.name} (not accounted for by the control tables)`);
       } catch (err) {
         log.warn(`reconcile: could not drop ${o.name}: ${errorMessage(err)}`);
@@ -37,8 +37,8 @@ export class Janitor {
 
   /** One poll: heartbeat, housekeeping, reclaim. Returns how many claims were reclaimed. */
   async sweep(): Promise<number> {
-    await this.control.query('SELECT pgtestpool.heartbeat()');
-    const { rows } = await this.control.query<{ name: string; template: string; claimed_pid: number; reason: string }>(
+    await this.db.query('SELECT pgtestpool.heartbeat()');
+    const { rows } = await this.db.query<{ name: string; template: string; claimed_pid: number; reason: string }>(
       'SELECT * FROM pgtestpool.reclaim($1::interval, $2::interval)',
       [`${this.config.lease.idleTimeoutMs} milliseconds`, `${this.config.lease.maxDurationMs} milliseconds`],
     );

@@ -19,7 +19,7 @@ type Job = { kind: 'create'; name: string; source: string; template: string } | 
 
 export interface PoolOptions {
   conn: ConnConfig;
-  control: pg.Client;
+  db: pg.Pool;
   config: Config;
   /** null: let the server pick (no STRATEGY clause; PostgreSQL < 15 has no choice). */
   strategy: Strategy | null;
@@ -77,8 +77,8 @@ export class Pool {
 
   private async plan(): Promise<void> {
     if (this.stopped || this.idle.length === 0) return;
-    const control = this.opts.control;
-    const { rows } = await control.query<PoolStateRow>('SELECT * FROM pgtestpool.pool_state()');
+    const db = this.opts.db;
+    const { rows } = await db.query<PoolStateRow>('SELECT * FROM pgtestpool.pool_state()');
     let budget = this.opts.config.pool.maxDatabases - rows.reduce((n, r) => n + Number(r.in_use), 0);
     const now = Date.now();
     const needs = rows
@@ -89,7 +89,7 @@ export class Pool {
     while (this.idle.length > 0 && budget > 0 && !this.stopped) {
       const next = needs.filter((n) => n.need > 0).sort((a, b) => b.need - a.need)[0];
       if (!next) break;
-      const { rows: created } = await control.query<{ name: string; source: string }>(
+      const { rows: created } = await db.query<{ name: string; source: string }>(
         'SELECT * FROM pgtestpool.new_clone($1)',
         [next.row.template],
       );
@@ -101,7 +101,7 @@ export class Pool {
     }
     if (this.idle.length === 0 || this.stopped) return;
 
-    const { rows: drops } = await control.query<{ name: string; drop_reason: string | null }>(
+    const { rows: drops } = await db.query<{ name: string; drop_reason: string | null }>(
       `SELECT name, drop_reason FROM pgtestpool.databases
         WHERE state = 'dropping' AND NOT (name = ANY($1)) ORDER BY id LIMIT $2`,
       [[...this.inFlight.keys()], this.idle.length + this.notBefore.size],

@@ -2,7 +2,7 @@
 // templates, then keeps the pool filled (NOTIFY wakes it, a poll timer backs NOTIFY up) and
 // reclaims abandoned claims. start() and stop() are idempotent.
 import { EventEmitter } from 'node:events';
-import type pg from 'pg';
+import pg from 'pg';
 import pgListen, { type Subscriber } from 'pg-listen';
 import type { Config, Strategy } from './config.ts';
 import { connect, describeConn, installApi, serverMajor, type ConnConfig } from './db.ts';
@@ -31,7 +31,10 @@ export interface StatusRow {
 }
 
 export class Sidecar extends EventEmitter {
-  private control: pg.Client | null = null;
+  /** Holds the leader lock for our lifetime; its loss means another sidecar may take over, so we stop. */
+  private leader: pg.Client | null = null;
+  /** Short queries from the pool planner, the janitor, the template builder and status(), which run concurrently. */
+  private db: pg.Pool | null = null;
   private subscriber: Subscriber | null = null;
   private pool: Pool | null = null;
   private janitor: Janitor | null = null;
@@ -54,11 +57,11 @@ export class Sidecar extends EventEmitter {
   }
 
   private async doStart(): Promise<void> {
-    const control = await connect(this.conn, 'pgtestpool sidecar');
-    this.control = control;
-    // A lost control connection leaves us blind: stop and let the supervisor restart us.
-    control.on('error', (err) => this.fatal(`control connection lost: ${errorMessage(err)}`));
-    const info = await control.query<{ v: string; createdb: boolean; super: boolean }>(
+    const leader = await connect(this.conn, 'pgtestpool sidecar');
+    this.leader = leader;
+    // A lost leader connection leaves us blind: stop and let the supervisor restart us.
+    leader.on('error', (err) => this.fatal(`connection to PostgreSQL lost: ${errorMessage(err)}`));
+    const info = await leader.query<{ v: string; createdb: boolean; super: boolean }>(
       `SELECT current_setting('server_version_num') AS v,
               rolcreatedb AS createdb, rolsuper AS super FROM pg_roles WHERE rolname = current_user`,
     );
@@ -68,26 +71,29 @@ export class Sidecar extends EventEmitter {
       throw new Error(`role ${JSON.stringify(this.conn.user)} cannot create databases: connect as a superuser or a role with CREATEDB`);
     }
     log.info(`attached to PostgreSQL ${this.serverMajor} at ${describeConn(this.conn)}`);
-    await this.takeLeaderLock(control);
-    await installApi(control);
-    await control.query(
+    await this.takeLeaderLock(leader);
+    await installApi(leader);
+    await leader.query(
       `INSERT INTO pgtestpool.settings (key, value) VALUES ('claim_timeout', $1), ('max_databases', $2)
        ON CONFLICT (key) DO UPDATE SET value = excluded.value`,
       [`${this.config.claim.timeoutMs} milliseconds`, String(this.config.pool.maxDatabases)],
     );
 
-    this.janitor = new Janitor(control, this.config);
+    const db = new pg.Pool({ ...this.conn, application_name: 'pgtestpool sidecar', max: 4, idleTimeoutMillis: 0 });
+    db.on('error', (err) => log.warn(`idle connection: ${errorMessage(err)}`));
+    this.db = db;
+    this.janitor = new Janitor(db, this.config);
     await this.janitor.reconcile();
     await this.janitor.sweep();
 
     const strategy = this.chooseStrategy();
-    this.pool = new Pool({ conn: this.conn, control, config: this.config, strategy });
+    this.pool = new Pool({ conn: this.conn, db, config: this.config, strategy });
     await this.pool.start();
     await this.listen();
     // Drops of leftovers and refills of reused templates can start while the others build.
     this.pool.wake();
-    await new Templates(this.conn, control, this.config, this.serverMajor).ensureAll(() => this.stopping !== null);
-    const { rows: surplus } = await control.query<{ name: string; reason: string }>('SELECT * FROM pgtestpool.trim_surplus()');
+    await new Templates(this.conn, db, this.config, this.serverMajor).ensureAll(() => this.stopping !== null);
+    const { rows: surplus } = await db.query<{ name: string; reason: string }>('SELECT * FROM pgtestpool.trim_surplus()');
     for (const r of surplus) log.info(`${r.name} will be dropped: ${r.reason}`);
     this.pool.wake();
     this.timer = setInterval(() => void this.poll(), this.config.pool.pollIntervalMs);
@@ -107,11 +113,11 @@ export class Sidecar extends EventEmitter {
     return this.config.pool.strategy ?? 'file_copy';
   }
 
-  private async takeLeaderLock(control: pg.Client): Promise<void> {
+  private async takeLeaderLock(leader: pg.Client): Promise<void> {
     // A sidecar killed a moment ago may still hold it until the server notices the closed socket.
     const deadline = Date.now() + 15_000;
     for (let warned = false; ; warned = true) {
-      const { rows } = await control.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [LEADER_LOCK]);
+      const { rows } = await leader.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [LEADER_LOCK]);
       if (rows[0]!.ok) return;
       if (Date.now() > deadline) {
         throw new Error('another pgtestpool sidecar is attached to this server (it holds the leader lock); stop it first');
@@ -158,8 +164,8 @@ export class Sidecar extends EventEmitter {
 
   /** Per-template pool counts, as test_db_status() shows them. */
   async status(): Promise<StatusRow[]> {
-    if (!this.control) return [];
-    const { rows } = await this.control.query('SELECT * FROM test_db_status()');
+    if (!this.db) return [];
+    const { rows } = await this.db.query('SELECT * FROM test_db_status()');
     return rows.map((r) => ({
       ...r,
       ready: Number(r.ready),
@@ -203,7 +209,9 @@ export class Sidecar extends EventEmitter {
     await this.pool?.stop();
     // Wait for a sweep in progress so its queries finish before the connection closes.
     while (this.sweeping) await new Promise((r) => setTimeout(r, 5));
-    await this.control?.end().catch(() => {});
-    this.control = null;
+    await this.db?.end().catch(() => {});
+    this.db = null;
+    await this.leader?.end().catch(() => {});
+    this.leader = null;
   }
 }

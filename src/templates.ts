@@ -28,7 +28,7 @@ export function templateDbName(name: string, hash: string): string {
 }
 
 /** Drops a database we own, even a template or one with sessions still connected. */
-export async function dropDatabase(client: pg.Client, name: string): Promise<void> {
+export async function dropDatabase(client: pg.Pool | pg.Client, name: string): Promise<void> {
   const { rows } = await client.query<{ t: boolean }>('SELECT datistemplate AS t FROM pg_database WHERE datname = $1', [name]);
   if (rows.length === 0) return;
   // A template database cannot be dropped until it is one no more.
@@ -46,7 +46,7 @@ interface TemplateRow {
 export class Templates {
   constructor(
     private readonly conn: ConnConfig,
-    private readonly control: pg.Client,
+    private readonly db: pg.Pool,
     private readonly config: Config,
     private readonly serverMajor: number,
   ) {}
@@ -63,20 +63,20 @@ export class Templates {
   async ensure(t: TemplateConfig): Promise<void> {
     const hash = templateHash(t, this.config.dir, this.serverMajor);
     const dbName = templateDbName(t.name, hash);
-    const { rows } = await this.control.query<TemplateRow & { exists: boolean }>(
+    const { rows } = await this.db.query<TemplateRow & { exists: boolean }>(
       `SELECT t.*, EXISTS (SELECT 1 FROM pg_database WHERE datname = t.database) AS exists
          FROM pgtestpool.templates t WHERE t.name = $1`,
       [t.name],
     );
     const row = rows[0];
     if (row && row.state === 'ready' && row.hash === hash && row.database === dbName && row.exists) {
-      await this.control.query('UPDATE pgtestpool.templates SET min_ready = $2, updated_at = now() WHERE name = $1', [t.name, t.minReady]);
+      await this.db.query('UPDATE pgtestpool.templates SET min_ready = $2, updated_at = now() WHERE name = $1', [t.name, t.minReady]);
       log.info(`template ${JSON.stringify(t.name)}: reusing ${dbName} (files unchanged)`);
       return;
     }
     // A stale or missing version is not served while its replacement builds: tests right after
     // an edit must get the new schema.
-    await this.control.query(
+    await this.db.query(
       `INSERT INTO pgtestpool.templates (name, state, min_ready) VALUES ($1, 'building', $2)
        ON CONFLICT (name) DO UPDATE SET state = 'building', database = NULL, hash = NULL, error = NULL,
                                         min_ready = excluded.min_ready, updated_at = now()`,
@@ -91,8 +91,8 @@ export class Templates {
     const started = performance.now();
     log.info(`template ${JSON.stringify(t.name)}: building ${dbName} from ${t.files.length} file(s)`);
     try {
-      await dropDatabase(this.control, dbName); // a leftover of an interrupted build
-      await this.control.query(`CREATE DATABASE ${ident(dbName)}`);
+      await dropDatabase(this.db, dbName); // a leftover of an interrupted build
+      await this.db.query(`CREATE DATABASE ${ident(dbName)}`);
       const client = await connect(forDatabase(this.conn, dbName), 'pgtestpool template build');
       try {
         for (const file of t.files) {
@@ -104,10 +104,10 @@ export class Templates {
         await client.end().catch(() => {});
       }
       // Cloning fails while anyone is connected to the source, so nobody may connect to it.
-      await this.control.query(`ALTER DATABASE ${ident(dbName)} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false`);
-      await this.control.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1`, [dbName]);
+      await this.db.query(`ALTER DATABASE ${ident(dbName)} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false`);
+      await this.db.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1`, [dbName]);
       const ms = Math.round(performance.now() - started);
-      await this.control.query(
+      await this.db.query(
         `UPDATE pgtestpool.templates SET state = 'ready', database = $2, hash = $3, error = NULL,
                 build_ms = $4, built_at = now(), updated_at = now() WHERE name = $1`,
         [t.name, dbName, hash, ms],
@@ -116,7 +116,7 @@ export class Templates {
     } catch (err) {
       const message = errorMessage(err);
       await this.dropQuietly(dbName);
-      await this.control.query(
+      await this.db.query(
         `UPDATE pgtestpool.templates SET state = 'failed', error = $2, updated_at = now() WHERE name = $1`,
         [t.name, message],
       );
@@ -126,7 +126,7 @@ export class Templates {
 
   /** Ready clones of an old version are dropped; claimed ones stay with their tests until released. */
   private async retireClones(template: string, reason: string): Promise<void> {
-    await this.control.query(
+    await this.db.query(
       `UPDATE pgtestpool.databases SET state = 'dropping', drop_reason = $2
         WHERE template = $1 AND state IN ('ready', 'creating')`,
       [template, reason],
@@ -135,7 +135,7 @@ export class Templates {
 
   private async removeUnconfigured(): Promise<void> {
     const names = this.config.templates.map((t) => t.name);
-    const { rows } = await this.control.query<TemplateRow>(
+    const { rows } = await this.db.query<TemplateRow>(
       'DELETE FROM pgtestpool.templates WHERE NOT (name = ANY($1)) RETURNING *',
       [names],
     );
@@ -148,7 +148,7 @@ export class Templates {
 
   private async dropQuietly(dbName: string): Promise<void> {
     try {
-      await dropDatabase(this.control, dbName);
+      await dropDatabase(this.db, dbName);
     } catch (err) {
       log.warn(`could not drop ${dbName}: ${errorMessage(err)}`);
     }
