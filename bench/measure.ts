@@ -135,6 +135,37 @@ pool:
     await new Promise((res) => setTimeout(res, 500));
     await sidecar.stop();
 
+    // The claim's own cost, with no refill competing for the two cores: fill a big pool, stop the
+    // sidecar, then claim from what is there.
+    const bigYaml = yaml.replace('min_ready: 40', 'min_ready: 160').replace('max_databases: 200', 'max_databases: 400');
+    const filler = new Sidecar(parseConfig(bigYaml, path.join(dir, 'config.yaml')), server.clientConfig());
+    await filler.whenFilled();
+    await new Promise((res) => setTimeout(res, 500)); // drops of the released clones
+    await filler.stop();
+    const quiet1: number[] = [];
+    const quiet8: number[] = [];
+    const c1 = await connect(server);
+    for (let i = 0; i < 80; i++) {
+      const t0 = performance.now();
+      await c1.query('SELECT claim_test_db() AS n');
+      quiet1.push(ms(t0));
+    }
+    const c8 = await Promise.all(Array.from({ length: 8 }, () => connect(server)));
+    await Promise.all(c8.map(async (c) => {
+      for (let i = 0; i < 10; i++) {
+        const t0 = performance.now();
+        await c.query('SELECT claim_test_db() AS n');
+        quiet8.push(ms(t0));
+      }
+    }));
+    row('claim, 1 client, no refill running', quiet1);
+    row('claim, 8 concurrent clients, no refill running', quiet8);
+    await Promise.all([c1, ...c8].map((c) => c.end()));
+    await admin.query("UPDATE pgtestpool.databases SET state = 'dropping' WHERE state IN ('claimed', 'ready')");
+    const leftover = (await admin.query("SELECT name FROM pgtestpool.databases WHERE state = 'dropping'")).rows.map((r) => r.name);
+    for (const n of leftover) await admin.query(`DROP DATABASE IF EXISTS ${ident(n)} WITH (FORCE)`);
+    await admin.query("DELETE FROM pgtestpool.databases");
+
     // Raw clone cost per strategy, interleaved, plus the first connection to each clone.
     const tpl = (await admin.query("SELECT template_database FROM test_db_status() WHERE template = 'default'")).rows[0].template_database;
     const strategies = server.install.major >= 15 ? ['FILE_COPY', 'WAL_LOG'] : ['DEFAULT'];

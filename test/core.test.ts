@@ -151,6 +151,21 @@ for (const install of installs) {
       }
     });
 
+    test('NOTIFY is only a hint: with the listener cut off, polling still refills and drops', async () => {
+      const sc = await startSidecar(server, simpleConfig({ minReady: 3 }));
+      try {
+        // Cut the LISTEN connection; until pg-listen reconnects, no event reaches the sidecar.
+        await admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgtestpool listener'");
+        const name = await claim(admin);
+        // A state change that sends no NOTIFY at all: only the poll can notice it.
+        await admin.query("UPDATE pgtestpool.databases SET state = 'dropping', drop_reason = 'test' WHERE name = $1", [name]);
+        await waitFor('dropped by the poll', async () => !(await databaseExists(admin, name)));
+        await waitFor('refilled', async () => (await status(admin)).ready >= 3);
+      } finally {
+        await sc.stop();
+      }
+    });
+
     test('unknown template: an immediate error listing the known ones; injection attempts are just names', async () => {
       const sc = await startSidecar(server, simpleConfig({ minReady: 1 }));
       try {
