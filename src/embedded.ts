@@ -51,6 +51,9 @@ export const TEST_TUNED_SETTINGS: Record<string, string | number> = {
   max_connections: 300,
   // Test queries are small; LLVM JIT compile time (where the build has it) would dominate them.
   jit: 'off',
+  // Dynamic shared memory as files in the data directory (itself in RAM), not /dev/shm/PostgreSQL.*:
+  // a server killed without a clean shutdown then leaves nothing outside its own directory.
+  dynamic_shared_memory_type: 'mmap',
   // Never log statements: ALTER ROLE ... PASSWORD must not reach the server log.
   log_statement: 'none',
 };

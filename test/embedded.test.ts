@@ -216,7 +216,8 @@ describe('startEmbedded', { timeout: 120_000 }, () => {
     }
   });
 
-  test('a process that exits without stop() leaves no server or directory behind', () => {
+  test('a process that exits without stop() leaves no server, directory or shared memory segment behind', () => {
+    const shmBefore = new Set(fs.readdirSync('/dev/shm').filter((f) => f.startsWith('PostgreSQL.')));
     const script = [
       "import fs from 'node:fs';",
       `import { startEmbedded } from ${JSON.stringify(path.resolve('src/embedded.ts'))};`,
@@ -231,6 +232,8 @@ describe('startEmbedded', { timeout: 120_000 }, () => {
     const deadline = Date.now() + 5000;
     while (!processGone(pid) && Date.now() < deadline) execFileSync('sleep', ['0.05']);
     assert.ok(processGone(pid), `postmaster ${pid} survived its parent`);
+    const leaked = fs.readdirSync('/dev/shm').filter((f) => f.startsWith('PostgreSQL.') && !shmBefore.has(f));
+    assert.deepEqual(leaked, [], 'dynamic shared memory segments left in /dev/shm');
   });
 });
 
