@@ -289,6 +289,9 @@ export async function startEmbedded(opts: EmbeddedOptions = {}): Promise<Embedde
   }
   let port = await choosePort(requested); // before initdb, so a taken port fails fast and leaves nothing
   const user = unprivilegedUser();
+  if (user && port > 0 && port < 1024) {
+    throw new Error(`port ${port} is privileged: PostgreSQL runs as user ${user.name} here and cannot bind ports below 1024; choose another port with PGPORT=...`);
+  }
   const install = await installFor(opts.install ?? (await findPostgres()), user);
   const parent = opts.dataParent ?? (await defaultDataParent());
   if (user && !traversable(parent, user)) {

@@ -7,7 +7,8 @@ import { errorMessage, log } from './log.ts';
 import { Sidecar } from './sidecar.ts';
 
 let sidecar: Sidecar | null = null;
-let server: EmbeddedServer | null = null;
+/** A promise, so a Ctrl-C during initdb still stops (and removes) the server once it is up. */
+let server: Promise<EmbeddedServer> | null = null;
 let shuttingDown: Promise<void> | null = null;
 let firstSignalAt = 0;
 /** Graceful stop waits for CREATE/DROP in flight; past this, something is stuck. */
@@ -16,7 +17,11 @@ const SHUTDOWN_LIMIT_MS = 30_000;
 function shutdown(code: number): Promise<void> {
   shuttingDown ??= (async () => {
     await sidecar?.stop().catch((err) => log.error(`stopping the sidecar: ${errorMessage(err)}`));
-    await server?.stop().catch((err) => log.error(`stopping PostgreSQL: ${errorMessage(err)}`));
+    // (A server that failed to start has cleaned up after itself and reported why.)
+    await server?.then(
+      (s) => s.stop().catch((err) => log.error(`stopping PostgreSQL: ${errorMessage(err)}`)),
+      () => {},
+    );
     log.info('stopped');
     process.exit(code);
   })();
@@ -57,15 +62,17 @@ async function main(): Promise<void> {
   }
 
   let conn: ConnConfig;
+  let embedded: EmbeddedServer | null = null;
   if (attachRequested()) {
     conn = connFromEnv();
   } else {
-    server = await startEmbedded({
+    server = startEmbedded({
       port: process.env.PGPORT ? Number(process.env.PGPORT) : 5432,
       password: process.env.POSTGRES_PASSWORD || 'postgres',
     });
-    conn = server.clientConfig('postgres');
-    log.info(`embedded PostgreSQL ${server.install.version} on ${server.host}:${server.port}, data in ${server.dataDir}`);
+    embedded = await server;
+    conn = embedded.clientConfig('postgres');
+    log.info(`embedded PostgreSQL ${embedded.install.version} on ${embedded.host}:${embedded.port}, data in ${embedded.dataDir}`);
   }
 
   sidecar = new Sidecar(config, conn);
@@ -74,12 +81,12 @@ async function main(): Promise<void> {
   const status = await sidecar.whenFilled();
   const seconds = ((performance.now() - started) / 1000).toFixed(1);
   const failed = status.filter((s) => s.build_state === 'failed').map((s) => s.template);
-  const host = server ? server.host : conn.host ?? 'localhost';
-  const port = server ? server.port : conn.port ?? 5432;
+  const host = embedded ? embedded.host : conn.host ?? 'localhost';
+  const port = embedded ? embedded.port : conn.port ?? 5432;
   process.stdout.write(
     `pgtestpool ready in ${seconds} s${failed.length ? ` (templates that failed to build: ${failed.join(', ')})` : ''}: ` +
       `psql "postgres://${conn.user ?? 'postgres'}@${host}:${port}/${conn.database ?? 'postgres'}" -c "SELECT claim_test_db()"` +
-      `${server ? ' (password: $POSTGRES_PASSWORD, default postgres)' : ''}\n`,
+      `${embedded ? ' (password: $POSTGRES_PASSWORD, default postgres)' : ''}\n`,
   );
 }
 
