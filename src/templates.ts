@@ -103,6 +103,10 @@ export class Templates {
       } finally {
         await client.end().catch(() => {});
       }
+      // VACUUM invalidated the relcache init file; a new session writes it again, FILE_COPY copies
+      // it into every clone, and each test's first connection is ~3 ms faster for it.
+      const warm = await connect(forDatabase(this.conn, dbName), 'pgtestpool template warm-up');
+      await warm.end();
       // Cloning fails while anyone is connected to the source, so nobody may connect to it.
       await this.db.query(`ALTER DATABASE ${ident(dbName)} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false`);
       await this.db.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1`, [dbName]);
