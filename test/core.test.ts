@@ -1,6 +1,8 @@
 // The core behaviours against real servers: every test runs on each PostgreSQL major found
 // (PG 15 from Debian and PG 18 from npm in CI).
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type pg from 'pg';
 import type { EmbeddedServer } from '../src/embedded.ts';
@@ -51,6 +53,21 @@ for (const install of installs) {
         assert.equal(who[0].state, 'claimed');
         assert.equal(who[0].claimed_role, 'postgres');
         assert.equal(who[0].claimed_pid, (admin as unknown as { processID: number }).processID);
+      } finally {
+        await sc.stop();
+      }
+    });
+
+    test('ready clones carry the relcache init file, so a test\'s first connection does not rebuild it', async () => {
+      const sc = await startSidecar(server, simpleConfig({ minReady: 2 }));
+      try {
+        const { rows } = await admin.query(
+          "SELECT d.oid, d.datname FROM pg_database d WHERE d.datname IN (SELECT template_database FROM test_db_status() UNION ALL SELECT name FROM test_dbs WHERE state = 'ready')",
+        );
+        assert.equal(rows.length, 3);
+        for (const r of rows) {
+          assert.ok(existsSync(path.join(server.dataDir, 'base', String(r.oid), 'pg_internal.init')), `${r.datname} has pg_internal.init`);
+        }
       } finally {
         await sc.stop();
       }
