@@ -24,8 +24,8 @@ ON CONFLICT (key) DO NOTHING;
 
 CREATE TABLE IF NOT EXISTS pgtestpool.templates (
   name       text PRIMARY KEY,
-  -- building: the first version is being built (claims wait); ready: serving `database`;
-  -- failed: the last build failed with `error` (claims fail at once unless an older version still serves).
+  -- building: being built, claims wait; ready: serving `database`;
+  -- failed: the build failed with `error`; claims fail at once while no version serves (`database` NULL).
   state      text NOT NULL CHECK (state IN ('building', 'ready', 'failed')),
   database   text,          -- the template database clones are made from (NULL until one is built)
   hash       text,          -- content hash of what `database` was built from
@@ -43,9 +43,9 @@ CREATE TABLE IF NOT EXISTS pgtestpool.databases (
   name                  text NOT NULL UNIQUE,
   template              text NOT NULL,
   source                text NOT NULL,   -- the template database it is cloned from
-  -- creating -> ready -> claimed -> dropping -> (row deleted once the database is gone)
-  -- failed: CREATE DATABASE failed (kept a while for test_db_status(), then deleted)
-  state                 text NOT NULL CHECK (state IN ('creating', 'ready', 'claimed', 'dropping', 'failed')),
+  -- creating -> ready -> claimed -> dropping -> dropped (a tombstone, so release_test_db() can say
+  -- what became of a name; deleted after ten minutes). failed: CREATE DATABASE failed (kept as long).
+  state                 text NOT NULL CHECK (state IN ('creating', 'ready', 'claimed', 'dropping', 'dropped', 'failed')),
   created_at            timestamptz NOT NULL DEFAULT now(),
   ready_at              timestamptz,
   claimed_at            timestamptz,
@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS pgtestpool.databases (
   claimed_addr          inet,
   idle_since            timestamptz,  -- claimer gone and no connections to the clone since then
   drop_reason           text,
+  dropped_at            timestamptz,
   error                 text
 );
 -- The claim's index. No other: the table stays small (rows go once their database is dropped),
@@ -130,7 +131,7 @@ BEGIN
     -- SKIP LOCKED: concurrent claimers each take a different row instead of queueing on one.
     UPDATE pgtestpool.databases d
        SET state = 'claimed',
-           claimed_at = now(),
+           claimed_at = clock_timestamp(),
            claimed_pid = pg_backend_pid(),
            claimed_backend_start = (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a),
            claimed_role = session_user,
@@ -153,6 +154,12 @@ BEGIN
       RETURN claimed;
     END IF;
 
+    -- Under REPEATABLE READ or SERIALIZABLE the snapshot never shows new clones: waiting is futile.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+      RAISE EXCEPTION 'pgtestpool: no ready database for template % and this transaction cannot see new ones', quote_literal(tpl.name)
+        USING ERRCODE = 'lock_not_available', DETAIL = 'transaction isolation is ' || current_setting('transaction_isolation'),
+              HINT = 'call claim_test_db() outside the transaction, or in a READ COMMITTED one';
+    END IF;
     IF clock_timestamp() >= deadline THEN
       RAISE EXCEPTION 'pgtestpool: no ready database for template % within %', quote_literal(tpl.name),
                       (SELECT value FROM pgtestpool.settings WHERE key = 'claim_timeout')
@@ -178,13 +185,18 @@ BEGIN
   IF NOT FOUND THEN
     RAISE EXCEPTION 'pgtestpool: % is not a database handed out by claim_test_db()', coalesce(quote_literal(release_test_db.name), 'NULL')
       USING ERRCODE = 'undefined_object',
-            HINT = 'pass the exact name claim_test_db() returned; once released, a database is dropped and its name is never used again';
+            HINT = 'pass the exact name claim_test_db() returned (names of databases dropped more than ten minutes ago are forgotten)';
+  END IF;
+  IF db.state IN ('dropping', 'dropped') THEN
+    RAISE EXCEPTION 'pgtestpool: database % was already released or reclaimed', quote_literal(db.name)
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = format('%s: %s', CASE db.state WHEN 'dropped' THEN 'dropped' ELSE 'being dropped' END, db.drop_reason),
+            HINT = 'a database is released once; names are never reused';
   END IF;
   IF db.state <> 'claimed' THEN
     RAISE EXCEPTION 'pgtestpool: database % is not claimed (it is %)', quote_literal(db.name), db.state
       USING ERRCODE = 'object_not_in_prerequisite_state',
-            DETAIL = coalesce('drop reason: ' || db.drop_reason, ''),
-            HINT = 'only a database returned by claim_test_db() and not yet released or reclaimed can be released';
+            HINT = 'only a database returned by claim_test_db() can be released';
   END IF;
   IF db.claimed_role IS DISTINCT FROM session_user
      AND NOT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user), false) THEN
@@ -221,7 +233,8 @@ $$;
 -- Who holds what: one row per database the pool manages.
 CREATE OR REPLACE VIEW public.test_dbs AS
   SELECT d.name, d.template, d.state, d.claimed_pid, d.claimed_role, d.claimed_application, d.claimed_addr,
-         d.claimed_at, now() - d.claimed_at AS claimed_for, d.idle_since, d.drop_reason, d.error, d.created_at
+         d.claimed_at, clock_timestamp() - d.claimed_at AS claimed_for, d.idle_since, d.drop_reason, d.dropped_at,
+         d.error, d.created_at
     FROM pgtestpool.databases d
    ORDER BY d.id;
 
@@ -267,7 +280,7 @@ BEGIN
   UPDATE pgtestpool.databases d
      SET idle_since = CASE WHEN a.active THEN NULL ELSE clock_timestamp() END
     FROM activity a
-   WHERE d.id = a.id AND (d.idle_since IS NULL) = NOT a.active;
+   WHERE d.id = a.id AND d.state = 'claimed' AND (d.idle_since IS NULL) = NOT a.active;
 
   RETURN QUERY
   UPDATE pgtestpool.databases d
@@ -283,29 +296,66 @@ BEGIN
 END
 $fn$;
 
--- Databases with the pool's prefix that no table row accounts for (left by a crash).
+-- Template database names carry the content hash, so a rebuilt template never shares a name.
+CREATE OR REPLACE FUNCTION pgtestpool.template_db_name(template text, hash text) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT format('pgtp_tpl_%s_%s_%s', pgtestpool.slug(template),
+                (SELECT value FROM pgtestpool.settings WHERE key = 'instance'), left(hash, 12))
+$$;
+
+-- 'creating' rows with no CREATE in flight (a worker connection died mid-job): their database,
+-- if any, must go.
+CREATE OR REPLACE FUNCTION pgtestpool.abandon_creating(in_flight text[]) RETURNS TABLE (name text)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  UPDATE pgtestpool.databases d SET state = 'dropping', drop_reason = 'creation interrupted'
+   WHERE d.state = 'creating' AND NOT (d.name = ANY(in_flight))
+  RETURNING d.name
+$$;
+
+-- Rows whose database was dropped behind our back (by hand): never hand out a name that does not exist.
+CREATE OR REPLACE FUNCTION pgtestpool.forget_vanished() RETURNS TABLE (name text, was text)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH gone AS (
+    SELECT d.id, d.state FROM pgtestpool.databases d
+     WHERE d.state IN ('ready', 'claimed') AND NOT EXISTS (SELECT 1 FROM pg_database db WHERE db.datname = d.name)
+       FOR UPDATE
+  )
+  UPDATE pgtestpool.databases d SET state = 'dropping', drop_reason = 'its database was dropped outside pgtestpool'
+    FROM gone WHERE d.id = gone.id
+  RETURNING d.name, gone.state
+$$;
+
+-- Databases this installation made (prefix and instance tag: another pool on the same server,
+-- with its own control database, is left alone) that no row accounts for (left by a crash).
 CREATE OR REPLACE FUNCTION pgtestpool.orphans() RETURNS TABLE (name text, is_template boolean)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT db.datname::text, db.datistemplate
     FROM pg_database db
-   WHERE db.datname LIKE 'pgtp\_%'
+   WHERE db.datname LIKE 'pgtp\_%\_' || (SELECT value FROM pgtestpool.settings WHERE key = 'instance') || '\_%'
      AND NOT EXISTS (SELECT 1 FROM pgtestpool.databases d WHERE d.name = db.datname)
      AND NOT EXISTS (SELECT 1 FROM pgtestpool.templates t WHERE t.database = db.datname)
 $$;
 
 -- Per template: what the pool holds, for the sidecar's refill plan.
 CREATE OR REPLACE FUNCTION pgtestpool.pool_state()
-RETURNS TABLE (template text, database text, min_ready integer, ready bigint, creating bigint, in_use bigint)
+RETURNS TABLE (template text, database text, min_ready integer, ready bigint, creating bigint, total_in_use bigint)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT t.name, t.database, t.min_ready,
          count(d.id) FILTER (WHERE d.state = 'ready' AND d.source = t.database),
          count(d.id) FILTER (WHERE d.state = 'creating'),
-         -- what counts against pool.max_databases: every clone that exists or is being made, but not those on their way out
-         count(d.id) FILTER (WHERE d.state IN ('ready', 'creating', 'claimed'))
+         -- what counts against pool.max_databases, over all templates (also ones removed from the config
+         -- whose claims are still out): every clone that exists or is being made, but not those on their way out
+         (SELECT count(*) FROM pgtestpool.databases a WHERE a.state IN ('ready', 'creating', 'claimed'))
     FROM pgtestpool.templates t
     LEFT JOIN pgtestpool.databases d ON d.template = t.name
    GROUP BY t.name
@@ -322,18 +372,21 @@ AS $$
     FROM (SELECT r.id, t.min_ready, row_number() OVER (PARTITION BY r.template ORDER BY r.id) AS n
             FROM pgtestpool.databases r JOIN pgtestpool.templates t ON t.name = r.template
            WHERE r.state = 'ready') s
-   WHERE d.id = s.id AND s.n > s.min_ready
+   -- d.state again: a claim that committed meanwhile must not be dropped under its test.
+   WHERE d.id = s.id AND s.n > s.min_ready AND d.state = 'ready'
   RETURNING d.name, d.template, d.drop_reason
 $$;
 
--- Sidecar heartbeat and housekeeping: failed rows are kept ten minutes for test_db_status().
+-- Sidecar heartbeat and housekeeping: failed rows and tombstones are kept ten minutes.
 CREATE OR REPLACE FUNCTION pgtestpool.heartbeat() RETURNS void
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
   INSERT INTO pgtestpool.settings (key, value) VALUES ('sidecar_seen', clock_timestamp()::text)
   ON CONFLICT (key) DO UPDATE SET value = excluded.value;
-  DELETE FROM pgtestpool.databases WHERE state = 'failed' AND created_at < now() - interval '10 minutes';
+  DELETE FROM pgtestpool.databases
+   WHERE (state = 'failed' AND created_at < now() - interval '10 minutes')
+      OR (state = 'dropped' AND dropped_at < now() - interval '10 minutes');
 $$;
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pgtestpool FROM PUBLIC;

@@ -89,3 +89,19 @@ export async function installApi(client: pg.Client): Promise<void> {
 export function serverMajor(versionNum: string | number): number {
   return Math.floor(Number(versionNum) / 10000);
 }
+
+/** Anything that runs a query: a client or a pool. */
+export type Queryable = Pick<pg.Pool, 'query'>;
+
+/**
+ * Drops a database the pool made. FORCE: a test that leaked a connection must not block the drop
+ * forever. A template must stop being one first.
+ */
+export async function dropDatabase(q: Queryable, name: string, opts: { template?: boolean } = {}): Promise<void> {
+  if (opts.template) {
+    await q.query(`ALTER DATABASE ${ident(name)} WITH IS_TEMPLATE false`).catch((err: { code?: string }) => {
+      if (err.code !== '3D000') throw err; // already gone
+    });
+  }
+  await q.query(`DROP DATABASE IF EXISTS ${ident(name)} WITH (FORCE)`);
+}

@@ -4,7 +4,7 @@ import type pg from 'pg';
 import type { Config } from './config.ts';
 import { formatDuration } from './config.ts';
 import { errorMessage, log } from './log.ts';
-import { dropDatabase } from './templates.ts';
+import { dropDatabase } from './db.ts';
 
 export class Janitor {
   constructor(
@@ -24,10 +24,10 @@ export class Janitor {
     for (const r of halfCreated) log.info(`reconcile: ${r.name} was half-created; it will be dropped`);
 
     // Only databases with our prefix that no row accounts for; nothing else on the server is touched.
-    const { rows: orphans } = await this.db.query<{ name: string }>('SELECT name FROM pgtestpool.orphans()');
+    const { rows: orphans } = await this.db.query<{ name: string; is_template: boolean }>('SELECT * FROM pgtestpool.orphans()');
     for (const o of orphans) {
       try {
-        await dropDatabase(this.db, o.name);
+        await dropDatabase(this.db, o.name, { template: o.is_template });
         log.info(`reconcile: dropped ${o.name} (not accounted for by the control tables)`);
       } catch (err) {
         log.warn(`reconcile: could not drop ${o.name}: ${errorMessage(err)}`);
@@ -38,6 +38,8 @@ export class Janitor {
   /** One poll: heartbeat, housekeeping, reclaim. Returns how many claims were reclaimed. */
   async sweep(): Promise<number> {
     await this.db.query('SELECT pgtestpool.heartbeat()');
+    const { rows: vanished } = await this.db.query<{ name: string; was: string }>('SELECT * FROM pgtestpool.forget_vanished()');
+    for (const v of vanished) log.warn(`${v.name} (${v.was}) no longer exists: it was dropped outside pgtestpool`);
     const { rows } = await this.db.query<{ name: string; template: string; claimed_pid: number; reason: string }>(
       'SELECT * FROM pgtestpool.reclaim($1::interval, $2::interval)',
       [`${this.config.lease.idleTimeoutMs} milliseconds`, `${this.config.lease.maxDurationMs} milliseconds`],

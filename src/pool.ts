@@ -1,9 +1,9 @@
 // Keeps min_ready clones per template, never more than pool.max_databases in use, and drops what
 // was released or reclaimed. All state is in pgtestpool.databases; this module only holds the
 // set of jobs in flight. A wake() (NOTIFY, poll, finished job) re-plans from the table.
-import type pg from 'pg';
+import pg from 'pg';
 import type { Config, Strategy } from './config.ts';
-import { connect, forDatabase, ident, type ConnConfig } from './db.ts';
+import { connect, dropDatabase, forDatabase, ident, type ConnConfig } from './db.ts';
 import { errorMessage, log } from './log.ts';
 
 interface PoolStateRow {
@@ -12,13 +12,14 @@ interface PoolStateRow {
   min_ready: number;
   ready: string;
   creating: string;
-  in_use: string;
+  total_in_use: string;
 }
 
 type Job = { kind: 'create'; name: string; source: string; template: string } | { kind: 'drop'; name: string; reason: string };
 
 export interface PoolOptions {
   conn: ConnConfig;
+  /** Shared connections for the table's bookkeeping. */
   db: pg.Pool;
   config: Config;
   /** null: let the server pick (no STRATEGY clause; PostgreSQL < 15 has no choice). */
@@ -28,41 +29,38 @@ export interface PoolOptions {
 const MAX_BACKOFF_MS = 30_000;
 
 export class Pool {
-  private readonly workers: pg.Client[] = [];
-  private readonly idle: pg.Client[] = [];
+  /** CREATE/DROP run here; a worker connection that dies is replaced by the next job, not reused. */
+  private readonly workers: pg.Pool;
   private readonly inFlight = new Map<string, Promise<void>>();
   /** Template or database name -> time before which it is not retried, after a failure. */
   private readonly notBefore = new Map<string, { until: number; delay: number }>();
-  private ticking = false;
+  private tick: Promise<void> | null = null;
   private again = false;
   private stopped = false;
+  private lastAbandonCheck = 0;
   private readonly strategyClause: string;
 
   constructor(private readonly opts: PoolOptions) {
     this.strategyClause = opts.strategy ? ` STRATEGY ${opts.strategy.toUpperCase()}` : '';
+    this.workers = new pg.Pool({ ...opts.conn, application_name: 'pgtestpool worker', max: opts.config.pool.concurrency, idleTimeoutMillis: 0 });
+    this.workers.on('error', (err) => log.warn(`worker connection: ${errorMessage(err)}`));
   }
 
-  async start(): Promise<void> {
-    for (let i = 0; i < this.opts.config.pool.concurrency; i++) {
-      const client = await connect(this.opts.conn, 'pgtestpool worker');
-      client.on('error', (err) => log.error(`worker connection: ${errorMessage(err)}`));
-      this.workers.push(client);
-      this.idle.push(client);
-    }
+  private get free(): number {
+    return this.opts.config.pool.concurrency - this.inFlight.size;
   }
 
   /** Re-plan soon. Cheap and safe to call from anywhere, any number of times. */
   wake(): void {
     if (this.stopped) return;
-    if (this.ticking) {
+    if (this.tick) {
       this.again = true;
       return;
     }
-    this.ticking = true;
-    void this.tick();
+    this.tick = this.run().finally(() => (this.tick = null));
   }
 
-  private async tick(): Promise<void> {
+  private async run(): Promise<void> {
     try {
       do {
         this.again = false;
@@ -70,67 +68,73 @@ export class Pool {
       } while (this.again && !this.stopped);
     } catch (err) {
       if (!this.stopped) log.error(`pool: ${errorMessage(err)}`);
-    } finally {
-      this.ticking = false;
     }
   }
 
   private async plan(): Promise<void> {
-    if (this.stopped || this.idle.length === 0) return;
+    if (this.stopped || this.free <= 0) return;
     const db = this.opts.db;
-    const { rows } = await db.query<PoolStateRow>('SELECT * FROM pgtestpool.pool_state()');
-    let budget = this.opts.config.pool.maxDatabases - rows.reduce((n, r) => n + Number(r.in_use), 0);
     const now = Date.now();
+    if (now - this.lastAbandonCheck >= this.opts.config.pool.pollIntervalMs) {
+      // Runs here, between inserts and dispatches, so every live 'creating' row is in inFlight.
+      this.lastAbandonCheck = now;
+      const { rows } = await db.query<{ name: string }>('SELECT * FROM pgtestpool.abandon_creating($1)', [[...this.inFlight.keys()]]);
+      for (const r of rows) log.warn(`${r.name}: its creation was interrupted; it will be dropped`);
+    }
+    const { rows } = await db.query<PoolStateRow>('SELECT * FROM pgtestpool.pool_state()');
+    let budget = this.opts.config.pool.maxDatabases - Number(rows[0]?.total_in_use ?? 0);
     const needs = rows
       .filter((r) => r.database !== null && (this.notBefore.get(`t:${r.template}`)?.until ?? 0) <= now)
       .map((r) => ({ row: r, need: r.min_ready - Number(r.ready) - Number(r.creating) }));
 
     // Creates first: a test may be waiting for one; drops only free memory and can wait.
-    while (this.idle.length > 0 && budget > 0 && !this.stopped) {
+    while (this.free > 0 && budget > 0 && !this.stopped) {
       const next = needs.filter((n) => n.need > 0).sort((a, b) => b.need - a.need)[0];
       if (!next) break;
-      const { rows: created } = await db.query<{ name: string; source: string }>(
-        'SELECT * FROM pgtestpool.new_clone($1)',
-        [next.row.template],
-      );
+      const { rows: created } = await db.query<{ name: string; source: string }>('SELECT * FROM pgtestpool.new_clone($1)', [next.row.template]);
       const c = created[0];
       if (!c) break;
+      if (this.stopped) {
+        // Stopping began while the row was inserted: nothing was created, so nothing to keep.
+        await db.query(`DELETE FROM pgtestpool.databases WHERE name = $1 AND state = 'creating'`, [c.name]);
+        return;
+      }
       next.need--;
       budget--;
       this.dispatch({ kind: 'create', name: c.name, source: c.source, template: next.row.template });
     }
-    if (this.idle.length === 0 || this.stopped) return;
+    if (this.free <= 0 || this.stopped) return;
 
     const { rows: drops } = await db.query<{ name: string; drop_reason: string | null }>(
       `SELECT name, drop_reason FROM pgtestpool.databases
-        WHERE state = 'dropping' AND NOT (name = ANY($1)) ORDER BY id LIMIT $2`,
-      [[...this.inFlight.keys()], this.idle.length + this.notBefore.size],
+        WHERE state = 'dropping' AND NOT (name = ANY($1)) ORDER BY id LIMIT 100`,
+      [[...this.inFlight.keys()]],
     );
     for (const d of drops) {
-      if (this.idle.length === 0 || this.stopped) break;
+      if (this.free <= 0 || this.stopped) break;
       if ((this.notBefore.get(`d:${d.name}`)?.until ?? 0) > now) continue;
       this.dispatch({ kind: 'drop', name: d.name, reason: d.drop_reason ?? 'released' });
     }
   }
 
   private dispatch(job: Job): void {
-    const worker = this.idle.pop()!;
-    const run = (job.kind === 'create' ? this.create(worker, job) : this.drop(worker, job))
+    const run = (job.kind === 'create' ? this.create(job) : this.drop(job))
       .catch((err) => log.error(`pool: ${job.kind} ${job.name}: ${errorMessage(err)}`))
       .finally(() => {
         this.inFlight.delete(job.name);
-        this.idle.push(worker);
         this.wake();
       });
     this.inFlight.set(job.name, run);
   }
 
-  private async create(worker: pg.Client, job: Extract<Job, { kind: 'create' }>): Promise<void> {
+  private async create(job: Extract<Job, { kind: 'create' }>): Promise<void> {
     const started = performance.now();
+    const name = ident(job.name);
     try {
-      await worker.query(`CREATE DATABASE ${ident(job.name)} TEMPLATE ${ident(job.source)}${this.strategyClause}`);
-      // New databases are open to PUBLIC; the claim grants CONNECT to the claiming role only.
-      await worker.query(`REVOKE CONNECT, TEMPORARY ON DATABASE ${ident(job.name)} FROM PUBLIC`);
+      // Born closed: new databases are open to PUBLIC, and nobody may slip in before the REVOKE
+      // (a session already connected would outlive it). The claim grants CONNECT to the claimer.
+      await this.workers.query(`CREATE DATABASE ${name} TEMPLATE ${ident(job.source)}${this.strategyClause} ALLOW_CONNECTIONS false`);
+      await this.workers.query(`REVOKE CONNECT, TEMPORARY ON DATABASE ${name} FROM PUBLIC; ALTER DATABASE ${name} ALLOW_CONNECTIONS true`);
       if (this.opts.strategy === 'wal_log') {
         // WAL_LOG does not copy the relcache init file; one connection here builds it, so the
         // test's first connection does not pay for it.
@@ -139,18 +143,15 @@ export class Pool {
       }
     } catch (err) {
       const message = errorMessage(err);
-      await worker.query(`DROP DATABASE IF EXISTS ${ident(job.name)} WITH (FORCE)`).catch(() => {});
-      await worker.query(
-        `UPDATE pgtestpool.databases SET state = 'failed', error = $2 WHERE name = $1`,
-        [job.name, message],
-      );
+      await dropDatabase(this.workers, job.name).catch(() => {});
+      await this.opts.db.query(`UPDATE pgtestpool.databases SET state = 'failed', error = $2 WHERE name = $1`, [job.name, message]);
       const delay = this.backoff(`t:${job.template}`);
       log.error(`clone ${job.name} of template ${JSON.stringify(job.template)} failed: ${message} (retrying in ${delay} ms)`);
       return;
     }
     this.notBefore.delete(`t:${job.template}`);
-    const { rowCount } = await worker.query(
-      `UPDATE pgtestpool.databases SET state = 'ready', ready_at = now() WHERE name = $1 AND state = 'creating'`,
+    const { rowCount } = await this.opts.db.query(
+      `UPDATE pgtestpool.databases SET state = 'ready', ready_at = clock_timestamp() WHERE name = $1 AND state = 'creating'`,
       [job.name],
     );
     const ms = Math.round(performance.now() - started);
@@ -158,18 +159,20 @@ export class Pool {
     log.info(`clone ${job.name} created in ${ms} ms${rowCount === 0 ? ' (stale: will be dropped)' : ''}`);
   }
 
-  private async drop(worker: pg.Client, job: Extract<Job, { kind: 'drop' }>): Promise<void> {
+  private async drop(job: Extract<Job, { kind: 'drop' }>): Promise<void> {
     const started = performance.now();
     try {
-      // FORCE: a test that leaked a connection must not block the drop forever.
-      await worker.query(`DROP DATABASE IF EXISTS ${ident(job.name)} WITH (FORCE)`);
+      await dropDatabase(this.workers, job.name);
     } catch (err) {
       const delay = this.backoff(`d:${job.name}`);
       log.error(`drop ${job.name} failed: ${errorMessage(err)} (retrying in ${delay} ms)`);
       return;
     }
     this.notBefore.delete(`d:${job.name}`);
-    await worker.query(`DELETE FROM pgtestpool.databases WHERE name = $1 AND state = 'dropping'`, [job.name]);
+    await this.opts.db.query(
+      `UPDATE pgtestpool.databases SET state = 'dropped', dropped_at = clock_timestamp() WHERE name = $1 AND state = 'dropping'`,
+      [job.name],
+    );
     log.info(`dropped ${job.name} (${job.reason}) in ${Math.round(performance.now() - started)} ms`);
   }
 
@@ -179,16 +182,11 @@ export class Pool {
     return delay;
   }
 
-  get busy(): number {
-    return this.inFlight.size;
-  }
-
-  /** Stops planning, waits for CREATE/DROP in flight, closes the worker connections. Idempotent. */
+  /** Stops planning, waits for the plan and the CREATE/DROP in flight, closes the workers. Idempotent. */
   async stop(): Promise<void> {
     this.stopped = true;
+    await this.tick;
     await Promise.allSettled([...this.inFlight.values()]);
-    const workers = this.workers.splice(0);
-    this.idle.length = 0;
-    await Promise.allSettled(workers.map((w) => w.end()));
+    await this.workers.end().catch(() => {});
   }
 }

@@ -5,7 +5,7 @@ import { EventEmitter } from 'node:events';
 import pg from 'pg';
 import pgListen, { type Subscriber } from 'pg-listen';
 import type { Config, Strategy } from './config.ts';
-import { connect, describeConn, installApi, serverMajor, type ConnConfig } from './db.ts';
+import { connect, describeConn, ident, installApi, serverMajor, type ConnConfig } from './db.ts';
 import { Janitor } from './janitor.ts';
 import { errorMessage, log } from './log.ts';
 import { Pool } from './pool.ts';
@@ -61,15 +61,8 @@ export class Sidecar extends EventEmitter {
     this.leader = leader;
     // A lost leader connection leaves us blind: stop and let the supervisor restart us.
     leader.on('error', (err) => this.fatal(`connection to PostgreSQL lost: ${errorMessage(err)}`));
-    const info = await leader.query<{ v: string; createdb: boolean; super: boolean }>(
-      `SELECT current_setting('server_version_num') AS v,
-              rolcreatedb AS createdb, rolsuper AS super FROM pg_roles WHERE rolname = current_user`,
-    );
-    const row = info.rows[0]!;
-    this.serverMajor = serverMajor(row.v);
-    if (!row.createdb && !row.super) {
-      throw new Error(`role ${JSON.stringify(this.conn.user)} cannot create databases: connect as a superuser or a role with CREATEDB`);
-    }
+    this.serverMajor = serverMajor((await leader.query('SHOW server_version_num')).rows[0].server_version_num);
+    await checkPrivileges(leader);
     log.info(`attached to PostgreSQL ${this.serverMajor} at ${describeConn(this.conn)}`);
     await this.takeLeaderLock(leader);
     await installApi(leader);
@@ -88,14 +81,18 @@ export class Sidecar extends EventEmitter {
 
     const strategy = this.chooseStrategy();
     this.pool = new Pool({ conn: this.conn, db, config: this.config, strategy });
-    await this.pool.start();
     await this.listen();
-    // Drops of leftovers and refills of reused templates can start while the others build.
-    this.pool.wake();
-    await new Templates(this.conn, db, this.config, this.serverMajor).ensureAll(() => this.stopping !== null);
+    const templates = new Templates(this.conn, db, this.config, this.serverMajor);
+    const pending = await templates.prepare();
     const { rows: surplus } = await db.query<{ name: string; reason: string }>('SELECT * FROM pgtestpool.trim_surplus()');
     for (const r of surplus) log.info(`${r.name} will be dropped: ${r.reason}`);
+    // Drops of leftovers and refills of reused templates go ahead while the others build.
     this.pool.wake();
+    for (const build of pending) {
+      if (this.stopping) break;
+      await templates.build(build);
+      this.pool.wake();
+    }
     this.timer = setInterval(() => void this.poll(), this.config.pool.pollIntervalMs);
     log.info(
       `pool running: ${this.config.templates.map((t) => `${t.name} min_ready ${t.minReady}`).join(', ')}; ` +
@@ -135,7 +132,8 @@ export class Sidecar extends EventEmitter {
     subscriber.notifications.on(CHANNEL, (payload: Record<string, unknown>) => {
       if (payload?.event === 'claim') {
         log.info(`claimed ${payload.database} (template ${JSON.stringify(payload.template)}) by pid ${payload.pid}` +
-          (payload.application ? ` (${payload.application})` : ''));
+          // The client chose this text: quoted, so it cannot forge log lines.
+          (payload.application ? ` (application ${JSON.stringify(payload.application)})` : ''));
       } else if (payload?.event === 'release') {
         log.info(`released ${payload.database} by pid ${payload.pid}`);
       }
@@ -176,15 +174,18 @@ export class Sidecar extends EventEmitter {
     }));
   }
 
-  /** Resolves once every template is built (or failed) and every built one holds min_ready clones. */
-  async whenFilled(timeoutMs = 300_000): Promise<StatusRow[]> {
+  /**
+   * Resolves once every template is built (or failed) and every built one holds min_ready clones,
+   * or, with `orAfterMs`, when that time has passed (claims may hold the whole budget): then
+   * `filled` is false and the caller decides what that means.
+   */
+  async whenFilled(orAfterMs = Infinity): Promise<{ filled: boolean; status: StatusRow[] }> {
     await this.start();
-    const deadline = Date.now() + timeoutMs;
+    const deadline = Date.now() + orAfterMs;
     for (;;) {
-      const rows = await this.status();
-      const done = rows.every((r) => r.build_state === 'failed' || r.ready >= r.min_ready);
-      if (done) return rows;
-      if (Date.now() > deadline) throw new Error(`pool not filled after ${timeoutMs} ms`);
+      const status = await this.status();
+      const filled = status.every((r) => r.build_state === 'failed' || r.ready >= r.min_ready);
+      if (filled || Date.now() > deadline) return { filled, status };
       await new Promise((r) => setTimeout(r, 20));
     }
   }
@@ -214,4 +215,35 @@ export class Sidecar extends EventEmitter {
     await this.leader?.end().catch(() => {});
     this.leader = null;
   }
+}
+
+/**
+ * A superuser can do everything the sidecar does. Any other role needs each of these, and is told
+ * at once which it lacks rather than failing later, mid-claim or mid-drop.
+ */
+async function checkPrivileges(leader: pg.Client): Promise<void> {
+  const { rows } = await leader.query(
+    `SELECT current_user AS role, rolsuper, rolcreatedb,
+            pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS read_stats,
+            pg_has_role(current_user, 'pg_signal_backend', 'USAGE') AS signal,
+            has_database_privilege(current_database(), 'CREATE') AS db_create,
+            has_schema_privilege('public', 'CREATE') AS public_create,
+            current_database() AS db
+       FROM pg_roles WHERE rolname = current_user`,
+  );
+  const r = rows[0];
+  if (r.rolsuper) return;
+  const missing: [boolean, string, string][] = [
+    [r.rolcreatedb, 'CREATEDB (to create clones)', `ALTER ROLE ${ident(r.role)} CREATEDB`],
+    [r.read_stats, 'pg_read_all_stats (to see whether claiming sessions are alive)', `GRANT pg_read_all_stats TO ${ident(r.role)}`],
+    [r.signal, 'pg_signal_backend (to drop databases with leaked connections)', `GRANT pg_signal_backend TO ${ident(r.role)}`],
+    [r.db_create, `CREATE on database ${r.db} (for schema pgtestpool)`, `GRANT CREATE ON DATABASE ${ident(r.db)} TO ${ident(r.role)}`],
+    [r.public_create, 'CREATE on schema public (for claim_test_db() and friends)', `GRANT CREATE ON SCHEMA public TO ${ident(r.role)}`],
+  ];
+  const lacking = missing.filter(([ok]) => !ok);
+  if (lacking.length === 0) return;
+  throw new Error(
+    `role ${r.role} is not a superuser and lacks what the sidecar needs: ${lacking.map(([, what]) => what).join('; ')}. ` +
+      `Connect as a superuser, or run as one: ${lacking.map(([, , sql]) => `${sql};`).join(' ')}`,
+  );
 }

@@ -5,12 +5,12 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import type pg from 'pg';
 import type { Config, TemplateConfig } from './config.ts';
-import { connect, forDatabase, ident, type ConnConfig } from './db.ts';
+import { connect, dropDatabase, forDatabase, ident, type ConnConfig } from './db.ts';
 import { errorMessage, log } from './log.ts';
 import { runSqlFile } from './sqlscript.ts';
 
 /** Bump when the way templates are built changes, so old templates are rebuilt. */
-const BUILD_FORMAT = 1;
+const BUILD_FORMAT = 2;
 
 export function templateHash(t: TemplateConfig, configDir: string, serverMajor: number): string {
   const h = createHash('sha256');
@@ -22,25 +22,18 @@ export function templateHash(t: TemplateConfig, configDir: string, serverMajor: 
   return h.digest('hex');
 }
 
-export function templateDbName(name: string, hash: string): string {
-  const slug = name.toLowerCase().replace(/[^a-z0-9]+/g, '_').replace(/^_+|_+$/g, '').slice(0, 20) || 't';
-  return `pgtp_tpl_${slug}_${hash.slice(0, 12)}`;
-}
-
-/** Drops a database we own, even a template or one with sessions still connected. */
-export async function dropDatabase(client: pg.Pool | pg.Client, name: string): Promise<void> {
-  const { rows } = await client.query<{ t: boolean }>('SELECT datistemplate AS t FROM pg_database WHERE datname = $1', [name]);
-  if (rows.length === 0) return;
-  // A template database cannot be dropped until it is one no more.
-  if (rows[0]!.t) await client.query(`ALTER DATABASE ${ident(name)} WITH IS_TEMPLATE false`);
-  await client.query(`DROP DATABASE IF EXISTS ${ident(name)} WITH (FORCE)`);
-}
-
 interface TemplateRow {
   name: string;
   state: string;
   database: string | null;
   hash: string | null;
+}
+
+/** A template that must be built: its config, content hash and database name. */
+export interface PendingBuild {
+  template: TemplateConfig;
+  hash: string;
+  dbName: string;
 }
 
 export class Templates {
@@ -51,47 +44,49 @@ export class Templates {
     private readonly serverMajor: number,
   ) {}
 
-  /** Builds every configured template that is missing or stale; removes templates no longer configured. */
-  async ensureAll(shouldStop: () => boolean = () => false): Promise<void> {
+  /**
+   * Phase one, fast: forgets templates no longer configured, reuses unchanged ones, and takes
+   * stale ones out of service (their ready clones are dropped) before anything is built, so no
+   * clone of an old version is handed out while other templates build. Returns what to build.
+   */
+  async prepare(): Promise<PendingBuild[]> {
     await this.removeUnconfigured();
+    const pending: PendingBuild[] = [];
     for (const t of this.config.templates) {
-      if (shouldStop()) return;
-      await this.ensure(t);
+      const hash = templateHash(t, this.config.dir, this.serverMajor);
+      const { rows } = await this.db.query<TemplateRow & { exists: boolean; db_name: string }>(
+        `SELECT t.*, EXISTS (SELECT 1 FROM pg_database WHERE datname = t.database) AS exists,
+                pgtestpool.template_db_name($1, $2) AS db_name
+           FROM (SELECT $1::text AS name) n LEFT JOIN pgtestpool.templates t USING (name)`,
+        [t.name, hash],
+      );
+      const row = rows[0]!;
+      if (row.state === 'ready' && row.hash === hash && row.database === row.db_name && row.exists) {
+        await this.db.query('UPDATE pgtestpool.templates SET min_ready = $2, updated_at = now() WHERE name = $1', [t.name, t.minReady]);
+        log.info(`template ${JSON.stringify(t.name)}: reusing ${row.db_name} (files unchanged)`);
+        continue;
+      }
+      // A stale or missing version is not served while its replacement builds: tests right after
+      // an edit must get the new schema.
+      await this.db.query(
+        `INSERT INTO pgtestpool.templates (name, state, min_ready) VALUES ($1, 'building', $2)
+         ON CONFLICT (name) DO UPDATE SET state = 'building', database = NULL, hash = NULL, error = NULL,
+                                          min_ready = excluded.min_ready, updated_at = now()`,
+        [t.name, t.minReady],
+      );
+      await this.retireClones(t.name, 'template rebuilt');
+      if (row.database) await this.dropQuietly(row.database);
+      pending.push({ template: t, hash, dbName: row.db_name });
     }
+    return pending;
   }
 
-  async ensure(t: TemplateConfig): Promise<void> {
-    const hash = templateHash(t, this.config.dir, this.serverMajor);
-    const dbName = templateDbName(t.name, hash);
-    const { rows } = await this.db.query<TemplateRow & { exists: boolean }>(
-      `SELECT t.*, EXISTS (SELECT 1 FROM pg_database WHERE datname = t.database) AS exists
-         FROM pgtestpool.templates t WHERE t.name = $1`,
-      [t.name],
-    );
-    const row = rows[0];
-    if (row && row.state === 'ready' && row.hash === hash && row.database === dbName && row.exists) {
-      await this.db.query('UPDATE pgtestpool.templates SET min_ready = $2, updated_at = now() WHERE name = $1', [t.name, t.minReady]);
-      log.info(`template ${JSON.stringify(t.name)}: reusing ${dbName} (files unchanged)`);
-      return;
-    }
-    // A stale or missing version is not served while its replacement builds: tests right after
-    // an edit must get the new schema.
-    await this.db.query(
-      `INSERT INTO pgtestpool.templates (name, state, min_ready) VALUES ($1, 'building', $2)
-       ON CONFLICT (name) DO UPDATE SET state = 'building', database = NULL, hash = NULL, error = NULL,
-                                        min_ready = excluded.min_ready, updated_at = now()`,
-      [t.name, t.minReady],
-    );
-    await this.retireClones(t.name, 'template rebuilt');
-    if (row?.database) await this.dropQuietly(row.database);
-    await this.build(t, hash, dbName);
-  }
-
-  private async build(t: TemplateConfig, hash: string, dbName: string): Promise<void> {
+  /** Phase two: builds one template; a failure marks it failed (claims then fail at once) and leaves nothing behind. */
+  async build({ template: t, hash, dbName }: PendingBuild): Promise<void> {
     const started = performance.now();
     log.info(`template ${JSON.stringify(t.name)}: building ${dbName} from ${t.files.length} file(s)`);
     try {
-      await dropDatabase(this.db, dbName); // a leftover of an interrupted build
+      await dropDatabase(this.db, dbName, { template: true }); // a leftover of an interrupted build
       await this.db.query(`CREATE DATABASE ${ident(dbName)}`);
       const client = await connect(forDatabase(this.conn, dbName), 'pgtestpool template build');
       try {
@@ -139,10 +134,7 @@ export class Templates {
 
   private async removeUnconfigured(): Promise<void> {
     const names = this.config.templates.map((t) => t.name);
-    const { rows } = await this.db.query<TemplateRow>(
-      'DELETE FROM pgtestpool.templates WHERE NOT (name = ANY($1)) RETURNING *',
-      [names],
-    );
+    const { rows } = await this.db.query<TemplateRow>('DELETE FROM pgtestpool.templates WHERE NOT (name = ANY($1)) RETURNING *', [names]);
     for (const row of rows) {
       await this.retireClones(row.name, 'template removed from config');
       if (row.database) await this.dropQuietly(row.database);
@@ -152,7 +144,7 @@ export class Templates {
 
   private async dropQuietly(dbName: string): Promise<void> {
     try {
-      await dropDatabase(this.db, dbName);
+      await dropDatabase(this.db, dbName, { template: true });
     } catch (err) {
       log.warn(`could not drop ${dbName}: ${errorMessage(err)}`);
     }

@@ -123,7 +123,12 @@ for (const install of installs) {
         await waitFor('released database dropped', async () => !(await databaseExists(admin, name)));
         await assert.rejects(leaked.query('SELECT 1'), 'the leaked connection was terminated');
         await waitFor('pool replenished', async () => (await status(admin)).ready >= 2);
-        await assert.rejects(admin.query('SELECT release_test_db($1)', [name]), /is not a database handed out by claim_test_db/);
+        await assert.rejects(admin.query('SELECT release_test_db($1)', [name]), (err: Error & { detail?: string }) => {
+          assert.match(err.message, /was already released or reclaimed/);
+          assert.match(err.detail ?? '', /^dropped: released$/);
+          return true;
+        });
+        await assert.rejects(admin.query('SELECT release_test_db($1)', ['pgtp_default_nosuch_1']), /is not a database handed out by claim_test_db/);
         const ready = (await admin.query("SELECT name FROM test_dbs WHERE state = 'ready' LIMIT 1")).rows[0].name;
         await assert.rejects(admin.query('SELECT release_test_db($1)', [ready]), /is not claimed \(it is ready\)/);
         await leaked.end().catch(() => {});
@@ -162,7 +167,11 @@ for (const install of installs) {
       try {
         const name = await claim(admin);
         await waitFor('max_duration reclaim', async () => !(await databaseExists(admin, name)), 10_000);
-        await assert.rejects(admin.query('SELECT release_test_db($1)', [name]), /is not a database handed out/);
+        // The test learns why its database went.
+        await assert.rejects(admin.query('SELECT release_test_db($1)', [name]), (err: Error & { detail?: string }) => {
+          assert.match(err.detail ?? '', /claimed for more than max_duration/);
+          return true;
+        });
       } finally {
         await sc.stop();
       }
@@ -231,7 +240,7 @@ for (const install of installs) {
         await tester.end();
         await sc.stop();
         await waitFor('tester clones dropped', async () =>
-          (await admin.query("SELECT 1 FROM test_dbs WHERE claimed_role = 'tester'")).rowCount === 0);
+          (await admin.query("SELECT 1 FROM test_dbs WHERE claimed_role = 'tester' AND state <> 'dropped'")).rowCount === 0);
         await admin.query('DROP ROLE tester');
       }
     });
@@ -291,19 +300,165 @@ for (const install of installs) {
       }
     });
 
+    test('a claim racing the surplus trim is never dropped under its test', async () => {
+      const sc = await startSidecar(server, simpleConfig({ minReady: 3 }));
+      const b = await client(server);
+      const t = await client(server);
+      try {
+        await b.query('BEGIN');
+        const name = await claim(b); // claimed, not yet committed: the row is locked
+        // Every ready row is now surplus, including the one b holds.
+        await admin.query("UPDATE pgtestpool.templates SET min_ready = 0 WHERE name = 'default'");
+        const trim = t.query<{ name: string }>('SELECT * FROM pgtestpool.trim_surplus()');
+        const tPid = (t as unknown as { processID: number }).processID;
+        await waitFor('trim waits for the claim', async () =>
+          (await admin.query("SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'", [tPid])).rowCount === 1);
+        await b.query('COMMIT');
+        const trimmed = (await trim).rows.map((r) => r.name);
+        assert.ok(!trimmed.includes(name), 'the claimed database was not trimmed');
+        const row = (await admin.query('SELECT state FROM test_dbs WHERE name = $1', [name])).rows[0];
+        assert.equal(row.state, 'claimed');
+        assert.ok(trimmed.length >= 1, 'the other ready clones were trimmed');
+      } finally {
+        await admin.query("UPDATE pgtestpool.templates SET min_ready = 3 WHERE name = 'default'");
+        await b.end();
+        await t.end();
+        await sc.stop();
+      }
+    });
+
+    test('worker connections that die are replaced: the pool keeps refilling, nothing stays "creating"', async () => {
+      const sc = await startSidecar(server, simpleConfig({ minReady: 2 }));
+      try {
+        for (let round = 0; round < 3; round++) {
+          await admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgtestpool worker'");
+          await claim(admin);
+          await claim(admin);
+          await waitFor('refilled after losing the workers', async () => (await status(admin)).ready >= 2);
+        }
+        await waitFor('no stuck creating rows', async () =>
+          (await admin.query("SELECT 1 FROM test_dbs WHERE state = 'creating'")).rowCount === 0);
+      } finally {
+        await sc.stop();
+      }
+    });
+
+    test('a database dropped by hand is forgotten, never handed out', async () => {
+      const sc = await startSidecar(server, simpleConfig({ minReady: 2 }));
+      try {
+        const ready = (await admin.query("SELECT name FROM test_dbs WHERE state = 'ready' ORDER BY name LIMIT 1")).rows[0].name;
+        await admin.query(`DROP DATABASE "${ready}" WITH (FORCE)`);
+        await waitFor('forgotten', async () =>
+          (await admin.query("SELECT 1 FROM test_dbs WHERE name = $1 AND state = 'dropped'", [ready])).rowCount === 1);
+        const row = (await admin.query('SELECT drop_reason FROM test_dbs WHERE name = $1', [ready])).rows[0];
+        assert.match(row.drop_reason, /dropped outside pgtestpool/);
+        await waitFor('refilled', async () => (await status(admin)).ready >= 2);
+        for (let i = 0; i < 3; i++) {
+          const name = await claim(admin);
+          assert.notEqual(name, ready);
+          assert.ok(await databaseExists(admin, name));
+        }
+      } finally {
+        await sc.stop();
+      }
+    });
+
+    test('claim_test_db() in a REPEATABLE READ transaction fails at once instead of waiting for clones it cannot see', async () => {
+      const sc = await startSidecar(server, simpleConfig({ minReady: 1, claimTimeout: '10s' }));
+      const c = await client(server);
+      try {
+        await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
+        await claim(c); // the one ready clone is in the snapshot
+        const started = Date.now();
+        await assert.rejects(claim(c), (err: Error & { hint?: string }) => {
+          assert.match(err.message, /this transaction cannot see new ones/);
+          assert.match(err.hint ?? '', /READ COMMITTED/);
+          return true;
+        });
+        assert.ok(Date.now() - started < 2000, 'fails at once');
+      } finally {
+        await c.query('ROLLBACK').catch(() => {});
+        await c.end();
+        await sc.stop();
+      }
+    });
+
+    test('a non-superuser sidecar: told exactly what it lacks; with it, it serves, sees live claimers, drops leaked connections', async () => {
+      const role = 'pool admin';
+      const tester = 'np tester"; DROP DATABASE postgres; --';
+      await admin.query('CREATE DATABASE np_control');
+      await admin.query(`CREATE ROLE "${role}" LOGIN PASSWORD 'pw1' CREATEDB`);
+      await admin.query(`CREATE ROLE "${tester.replace(/"/g, '""')}" LOGIN PASSWORD 'pw2'`);
+      const conn = { ...server.clientConfig('np_control'), user: role, password: 'pw1' };
+      const npAdmin = await client(server, 'np_control');
+      let sc: Awaited<ReturnType<typeof startSidecar>> | null = null;
+      try {
+        await assert.rejects(startSidecar(server, simpleConfig({ minReady: 2, idle: '1s' }), EXAMPLE_SCHEMA, conn), (err: Error) => {
+          assert.match(err.message, /role pool admin is not a superuser and lacks what the sidecar needs/);
+          assert.match(err.message, /pg_read_all_stats/);
+          assert.match(err.message, /pg_signal_backend/);
+          assert.match(err.message, /CREATE on database np_control/);
+          assert.match(err.message, /CREATE on schema public/);
+          assert.match(err.message, /GRANT pg_signal_backend TO "pool admin";/);
+          return true;
+        });
+        await admin.query(`GRANT pg_read_all_stats, pg_signal_backend TO "${role}"`);
+        await admin.query(`GRANT CREATE ON DATABASE np_control TO "${role}"`);
+        await npAdmin.query(`GRANT CREATE ON SCHEMA public TO "${role}"`);
+        sc = await startSidecar(server, simpleConfig({ minReady: 2, idle: '1s' }), EXAMPLE_SCHEMA, conn);
+
+        // A role whose name is an injection attempt claims; the GRANT inside claim_test_db() quotes it.
+        const t = await client(server, 'np_control', { user: tester, password: 'pw2' });
+        const name = await claim(t);
+        const leaked = await client(server, name, { user: tester, password: 'pw2' });
+        leaked.on('error', () => {});
+        await leaked.end();
+        // Its session is alive (seen through pg_read_all_stats): no reclaim after idle_timeout.
+        await new Promise((r) => setTimeout(r, 2000));
+        assert.equal((await npAdmin.query('SELECT state FROM test_dbs WHERE name = $1', [name])).rows[0].state, 'claimed');
+        // A leaked connection of another role does not block the drop (pg_signal_backend).
+        const leaked2 = await client(server, name, { user: tester, password: 'pw2' });
+        leaked2.on('error', () => {});
+        await t.query('SELECT release_test_db($1)', [name]);
+        await waitFor('dropped despite the leaked connection', async () => !(await databaseExists(admin, name)));
+        assert.ok(await databaseExists(admin, 'postgres'));
+        await leaked2.end().catch(() => {});
+        await t.end();
+      } finally {
+        await sc?.stop();
+        await npAdmin.end();
+        // This pool's databases (its own instance tag), then the control database and the roles.
+        const { rows } = await admin.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgtp\\_%' AND datdba = (SELECT oid FROM pg_roles WHERE rolname = $1)", [role]);
+        for (const r of rows) {
+          await admin.query(`ALTER DATABASE "${r.datname}" IS_TEMPLATE false`);
+          await admin.query(`DROP DATABASE "${r.datname}" WITH (FORCE)`);
+        }
+        await admin.query('DROP DATABASE np_control WITH (FORCE)');
+        await admin.query(`DROP ROLE "${role}"`);
+        await admin.query(`DROP ROLE "${tester.replace(/"/g, '""')}"`);
+      }
+    });
+
     test('sidecar killed with SIGKILL mid-refill and restarted: nothing handed out twice, nothing left over', async () => {
       const configFile = configDir(simpleConfig({ minReady: 12, concurrency: 2 }), EXAMPLE_SCHEMA);
       let child = spawnSidecar(server, configFile);
       try {
         await waitFor('first sidecar ready', async () => /pgtestpool ready/.test(child.output()), 60_000);
         const claimers = await Promise.all(Array.from({ length: 10 }, () => client(server)));
-        const first = await Promise.all(claimers.map((c) => claim(c)));
-        // Kill it while it is creating replacements.
-        await waitFor('a clone in flight', async () => (await status(admin)).creating > 0, 10_000);
-        child.kill('SIGKILL');
-        await exited(child);
-        const leftover = (await admin.query("SELECT count(*)::int AS n FROM test_dbs WHERE state = 'creating'")).rows[0].n;
-        assert.ok(leftover > 0, 'the kill left half-created clones behind (the case under test)');
+        const first: string[] = [];
+        // Kill it while it is creating replacements. A kill can land between two creates; then
+        // start it again and retry, so the case under test is really exercised.
+        for (let attempt = 1; ; attempt++) {
+          first.push(...(await Promise.all(claimers.slice(0, 5).map((c) => claim(c)))));
+          await waitFor('a clone in flight', async () => (await status(admin)).creating > 0, 10_000);
+          child.kill('SIGKILL');
+          await exited(child);
+          const leftover = (await admin.query("SELECT count(*)::int AS n FROM test_dbs WHERE state = 'creating'")).rows[0].n;
+          if (leftover > 0) break;
+          assert.ok(attempt < 5, 'five kills in a row missed every in-flight CREATE');
+          child = spawnSidecar(server, configFile);
+          await waitFor('sidecar ready again', async () => /pgtestpool ready/.test(child.output()), 60_000);
+        }
 
         child = spawnSidecar(server, configFile);
         await waitFor('restarted sidecar ready', async () => /pgtestpool ready/.test(child.output()), 60_000);

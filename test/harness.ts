@@ -85,12 +85,17 @@ export interface RunningSidecar {
   stop(opts?: { keepClaims?: boolean }): Promise<void>;
 }
 
-export async function startSidecar(server: EmbeddedServer, yaml: string, files: Record<string, string> = EXAMPLE_SCHEMA): Promise<RunningSidecar> {
+export async function startSidecar(
+  server: EmbeddedServer,
+  yaml: string,
+  files: Record<string, string> = EXAMPLE_SCHEMA,
+  conn: pg.ClientConfig = server.clientConfig('postgres'),
+): Promise<RunningSidecar> {
   const configFile = configDir(yaml, files);
-  const sidecar = new Sidecar(parseConfig(yaml, configFile), server.clientConfig('postgres'));
+  const sidecar = new Sidecar(parseConfig(yaml, configFile), conn);
   try {
     await sidecar.start();
-    await sidecar.whenFilled(60_000);
+    if (!(await sidecar.whenFilled(60_000)).filled) throw new Error('the pool did not fill within 60 s');
   } catch (err) {
     await sidecar.stop();
     removeConfigDir(configFile);
@@ -102,7 +107,8 @@ export async function startSidecar(server: EmbeddedServer, yaml: string, files: 
     stop: async (opts = {}) => {
       try {
         if (!opts.keepClaims) {
-          const admin = await client(server);
+          const admin = new pg.Client({ ...conn, user: 'postgres', password: server.password });
+          await admin.connect();
           try {
             await admin.query("UPDATE pgtestpool.databases SET state = 'dropping', drop_reason = 'test cleanup' WHERE state = 'claimed'");
             await waitFor('cleanup drops', async () =>
