@@ -1,11 +1,11 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { chownSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { once } from 'node:events';
 import pg from 'pg';
+import type { EmbeddedServer } from '../src/embedded.ts';
+import { PAGILA_DIR, startServer, testInstalls } from './harness.ts';
 import { runSqlFile, runSqlText, splitSql, SqlScriptError } from '../src/sqlscript.ts';
 
 const sqls = (text: string) => splitSql(text, 't.sql').map((s) => s.sql);
@@ -144,22 +144,11 @@ describe('splitSql', () => {
   });
 });
 
-// --- A throwaway PostgreSQL 15 for the integration tests (we run as root; postgres refuses that). ---
-const PGBIN = '/usr/lib/postgresql/15/bin';
-let dir = '';
-let server: ChildProcess | undefined;
-let port = 0;
-
-async function freePort(): Promise<number> {
-  const srv = createServer().listen(0, '127.0.0.1');
-  await once(srv, 'listening');
-  const p = (srv.address() as { port: number }).port;
-  srv.close();
-  return p;
-}
+// --- The integration tests run on a real server per installed major (see harness.ts). ---
+let server: EmbeddedServer;
 
 async function connect(database = 'postgres'): Promise<pg.Client> {
-  const client = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', database });
+  const client = new pg.Client(server.clientConfig(database));
   await client.connect();
   return client;
 }
@@ -173,41 +162,6 @@ async function freshDb(): Promise<pg.Client> {
   return connect(name);
 }
 
-before(async () => {
-  const uid = Number(execFileSync('id', ['-u', 'postgres']));
-  const gid = Number(execFileSync('id', ['-g', 'postgres']));
-  dir = mkdtempSync('/dev/shm/sqlscript-test-');
-  chownSync(dir, uid, gid);
-  const data = join(dir, 'data');
-  execFileSync(`${PGBIN}/initdb`, ['-D', data, '-U', 'postgres', '-A', 'trust', '-E', 'UTF8', '--no-sync'], {
-    uid,
-    gid,
-    stdio: 'ignore',
-  });
-  port = await freePort();
-  const args = ['-D', data, '-h', '127.0.0.1', '-p', String(port), '-k', dir, '-c', 'fsync=off'];
-  server = spawn(`${PGBIN}/postgres`, args, { uid, gid, stdio: ['ignore', 'ignore', 'pipe'] });
-  let log = '';
-  server.stderr!.on('data', (d) => (log += d));
-  for (let i = 0; ; i++) {
-    try {
-      await (await connect()).end();
-      break;
-    } catch (err) {
-      if (i > 100 || server.exitCode !== null) throw new Error(`postgres did not start: ${err}\n${log}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-});
-
-after(async () => {
-  if (server && server.exitCode === null) {
-    server.kill('SIGINT'); // fast shutdown
-    await once(server, 'exit');
-  }
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
-
 const scriptError = async (p: Promise<unknown>): Promise<SqlScriptError> => {
   const err = await p.then(
     () => assert.fail('expected the script to fail'),
@@ -217,11 +171,18 @@ const scriptError = async (p: Promise<unknown>): Promise<SqlScriptError> => {
   return err;
 };
 
-describe('runSqlFile against PostgreSQL 15', () => {
+for (const install of await testInstalls()) describe(`runSqlFile against PostgreSQL ${install.major}`, () => {
+  before(async () => {
+    server = await startServer(install);
+  });
+  after(async () => {
+    await server?.stop();
+  });
+
   test('loads the pagila 2024 dump (schema, then data with COPY blocks)', async (t) => {
     const client = await freshDb();
     try {
-      const fixtures = '/work/shared/fixtures/pagila';
+      const fixtures = PAGILA_DIR;
       const schema = await runSqlFile(client, `${fixtures}/pagila-2024-schema.sql`);
       const data = await runSqlFile(client, `${fixtures}/pagila-2024-data.sql`);
       const msg = `pagila: schema ${schema.statements} statements in ${schema.ms.toFixed(0)} ms, data ${data.statements} statements in ${data.ms.toFixed(0)} ms`;
@@ -239,6 +200,7 @@ describe('runSqlFile against PostgreSQL 15', () => {
 
   test('stops at the first error and reports file:line, the message and the statement', async () => {
     const client = await freshDb();
+    const dir = mkdtempSync(join(tmpdir(), 'sqlscript-test-'));
     const file = join(dir, 'bad.sql');
     writeFileSync(
       file,
@@ -267,6 +229,7 @@ describe('runSqlFile against PostgreSQL 15', () => {
       const { rows } = await client.query(`SELECT (SELECT count(*) FROM a)::int AS n, to_regclass('b') AS b`);
       assert.deepEqual(rows[0], { n: 1, b: null });
     } finally {
+      rmSync(dir, { recursive: true, force: true });
       await client.end();
     }
   });
