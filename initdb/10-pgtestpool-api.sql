@@ -384,9 +384,37 @@ SET search_path = pg_catalog, pg_temp
 AS $$
   INSERT INTO pgtestpool.settings (key, value) VALUES ('sidecar_seen', clock_timestamp()::text)
   ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+  -- The first moment, since the sidecar started, that every template is built and every pool full.
+  INSERT INTO pgtestpool.settings (key, value)
+  SELECT 'filled_at', clock_timestamp()::text
+   WHERE EXISTS (SELECT 1 FROM pgtestpool.templates)
+     AND NOT EXISTS (SELECT 1 FROM pgtestpool.pool_state() p JOIN pgtestpool.templates t ON t.name = p.template
+                      WHERE t.state <> 'ready' OR p.ready < p.min_ready)
+  ON CONFLICT (key) DO NOTHING;
   DELETE FROM pgtestpool.databases
    WHERE (state = 'failed' AND created_at < now() - interval '10 minutes')
       OR (state = 'dropped' AND dropped_at < now() - interval '10 minutes');
+$$;
+
+-- For the image's HEALTHCHECK: 'ok', or why not.
+CREATE OR REPLACE FUNCTION pgtestpool.health() RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT CASE
+    WHEN seen IS NULL THEN 'the sidecar has not started yet'
+    WHEN seen < clock_timestamp() - interval '15 seconds'
+      THEN format('the sidecar was last seen %s s ago', round(extract(epoch FROM clock_timestamp() - seen)))
+    WHEN failed IS NOT NULL THEN 'template build failed: ' || failed
+    WHEN building IS NOT NULL THEN 'building templates: ' || building
+    WHEN filled IS NULL THEN 'filling pools: ' || coalesce(filling, 'starting')
+    ELSE 'ok'
+  END
+  FROM (SELECT (SELECT value::timestamptz FROM pgtestpool.settings WHERE key = 'sidecar_seen') AS seen,
+               (SELECT value FROM pgtestpool.settings WHERE key = 'filled_at') AS filled,
+               (SELECT string_agg(format('%s: %s', name, error), '; ') FROM pgtestpool.templates WHERE state = 'failed') AS failed,
+               (SELECT string_agg(name, ', ') FROM pgtestpool.templates WHERE state = 'building') AS building,
+               (SELECT string_agg(format('%s %s/%s ready', template, ready, min_ready), ', ') FROM pgtestpool.pool_state()) AS filling) x
 $$;
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pgtestpool FROM PUBLIC;

@@ -67,7 +67,8 @@ export class Sidecar extends EventEmitter {
     await this.takeLeaderLock(leader);
     await installApi(leader);
     await leader.query(
-      `INSERT INTO pgtestpool.settings (key, value) VALUES ('claim_timeout', $1), ('max_databases', $2)
+      `WITH forget AS (DELETE FROM pgtestpool.settings WHERE key = 'filled_at') -- health: filled since this start
+       INSERT INTO pgtestpool.settings (key, value) VALUES ('claim_timeout', $1), ('max_databases', $2)
        ON CONFLICT (key) DO UPDATE SET value = excluded.value`,
       [`${this.config.claim.timeoutMs} milliseconds`, String(this.config.pool.maxDatabases)],
     );

@@ -1,11 +1,13 @@
 // The core behaviours against real servers: every test runs on each PostgreSQL major found
 // (PG 15 from Debian and PG 18 from npm in CI).
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type pg from 'pg';
+import { parseConfig } from '../src/config.ts';
 import type { EmbeddedServer } from '../src/embedded.ts';
+import { Sidecar } from '../src/sidecar.ts';
 import {
   claim, client, configDir, databaseExists, exited, removeConfigDir, simpleConfig, spawnSidecar, startServer,
   startSidecar, status, testInstalls, waitFor, EXAMPLE_SCHEMA,
@@ -55,6 +57,29 @@ for (const install of installs) {
         assert.equal(who[0].claimed_pid, (admin as unknown as { processID: number }).processID);
       } finally {
         await sc.stop();
+      }
+    });
+
+    test('health: ok only once the templates are built and every pool has been full since the sidecar started', async () => {
+      const health = async () => (await admin.query('SELECT pgtestpool.health() AS h')).rows[0].h as string;
+      const first = await startSidecar(server, simpleConfig({ minReady: 3 }));
+      await waitFor('healthy', async () => (await health()) === 'ok');
+      const held = [await claim(admin), await claim(admin), await claim(admin)];
+      await first.stop({ keepClaims: true });
+      // Restarted with a pool that cannot fill while the claims are held: not healthy, and says why.
+      const configFile = configDir(simpleConfig({ minReady: 5, max: 6 }), EXAMPLE_SCHEMA);
+      const second = new Sidecar(parseConfig(readFileSync(configFile, 'utf8'), configFile), server.clientConfig());
+      try {
+        await second.start();
+        await waitFor('reported as filling', async () => /^filling pools: default 3\/5 ready$/.test(await health()));
+        for (const name of held) await admin.query('SELECT release_test_db($1)', [name]);
+        await waitFor('healthy once full', async () => (await health()) === 'ok');
+        await second.stop();
+        await admin.query("UPDATE pgtestpool.settings SET value = (now() - interval '1 minute')::text WHERE key = 'sidecar_seen'");
+        assert.match(await health(), /^the sidecar was last seen \d+ s ago$/);
+      } finally {
+        await second.stop();
+        removeConfigDir(configFile);
       }
     });
 
@@ -274,6 +299,9 @@ for (const install of installs) {
         assert.ok(Date.now() - started < 1000);
         const st = await status(admin);
         assert.equal(st.build_state, 'failed');
+        // The image's HEALTHCHECK says why it is not healthy.
+        await waitFor('health reports the failure', async () =>
+          /^template build failed: default: schema\/003\.sql:2/.test((await admin.query('SELECT pgtestpool.health() AS h')).rows[0].h));
         // Clones left by earlier tests' templates are dropped; none are made of the failed one.
         await waitFor('no clones of a failed template', async () => (await poolDatabases(admin)).length === 0);
         const { rows } = await admin.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgtp\\_tpl\\_%'");
