@@ -159,7 +159,15 @@ wait_healthy() {
 	fail "container $c not healthy after $limit s"
 }
 
-sql() { local port=$1 db=$2; shift 2; PGPASSWORD=secret psql -X -qAt -h 127.0.0.1 -p "$port" -U postgres -d "$db" -v ON_ERROR_STOP=1 "$@"; }
+# The superuser and control database of the container under test (check_image sets them).
+DB_USER=postgres
+DB_NAME=postgres
+sql() {
+	local port=$1 db=$2
+	shift 2
+	[ "$db" = control ] && db=$DB_NAME
+	PGPASSWORD=secret psql -X -qAt -h 127.0.0.1 -p "$port" -U "$DB_USER" -d "$db" -v ON_ERROR_STOP=1 "$@"
+}
 
 # The image has no procps (neither has the official one): find the sidecar through /proc.
 sidecar_pid() {
@@ -167,7 +175,7 @@ sidecar_pid() {
 	docker exec "$1" sh -c 'for p in /proc/[0-9]*; do tr "\0" " " < $p/cmdline 2>/dev/null | grep -q "src/mai[n].ts" && echo ${p#/proc/}; done; true'
 }
 
-postmaster_start() { sql "$1" postgres -c 'SELECT pg_postmaster_start_time()'; }
+postmaster_start() { sql "$1" control -c 'SELECT pg_postmaster_start_time()'; }
 
 check_image() {
 	local major=$1 port c t name pid_before pid_after started restarted stop_t
@@ -176,9 +184,18 @@ check_image() {
 	CONTAINERS+=("$c")
 	step "PostgreSQL $major: run, wait for healthy"
 	printf "CREATE ROLE extra_init_ran;\n" > "$RUN_DIR/20-extra.sql"
-	chmod 644 "$RUN_DIR/20-extra.sql"
+	printf 'secret\n' > "$RUN_DIR/password"
+	chmod 644 "$RUN_DIR/20-extra.sql" "$RUN_DIR/password"
+	# 15: the defaults. 18: another superuser and control database, the password as a *_FILE secret.
+	local env=(-e POSTGRES_PASSWORD=secret)
+	DB_USER=postgres DB_NAME=postgres
+	if [ "$major" -ge 18 ]; then
+		env=(-v "$RUN_DIR/password:/run/secrets/pg-password:ro" -e POSTGRES_PASSWORD_FILE=/run/secrets/pg-password
+			-e POSTGRES_USER=app -e POSTGRES_DB=app_control)
+		DB_USER=app DB_NAME=app_control
+	fi
 	t=$(now)
-	docker run -d --name "$c" -p "127.0.0.1:$port:5432" -e POSTGRES_PASSWORD=secret \
+	docker run -d --name "$c" -p "127.0.0.1:$port:5432" "${env[@]}" \
 		--tmpfs /var/lib/postgresql:size=1g --tmpfs /var/lib/postgresql/data:size=1g \
 		-v "$RUN_DIR/20-extra.sql:/docker-entrypoint-initdb.d/20-extra.sql:ro" \
 		"pgtestpool:ci-$major" -c log_min_messages=warning > /dev/null
@@ -186,21 +203,21 @@ check_image() {
 	wait_healthy "$c" 120
 	report "PostgreSQL $major: docker run -> healthy $(since "$t") s"
 	local ready
-	ready=$(sql "$port" postgres -c "SELECT min(ready - min_ready) >= 0 AND bool_and(build_state = 'ready') FROM test_db_status()")
+	ready=$(sql "$port" control -c "SELECT min(ready - min_ready) >= 0 AND bool_and(build_state = 'ready') FROM test_db_status()")
 	[ "$ready" = t ] || fail "healthy before every pool held min_ready ($ready)"
 	[ "$(docker exec "$c" sh -c 'echo $PGDATA')" = "$( [ "$major" -ge 18 ] && echo "/var/lib/postgresql/$major/docker" || echo /var/lib/postgresql/data)" ] \
 		|| fail 'unexpected PGDATA'
 	docker exec "$c" sh -c 'df -t tmpfs "$PGDATA"' > /dev/null || fail 'PGDATA is not on tmpfs'
 
 	step "PostgreSQL $major: claims from the host"
-	name=$(sql "$port" postgres -c 'SELECT claim_test_db()')
+	name=$(sql "$port" control -c 'SELECT claim_test_db()')
 	local other
-	other=$(sql "$port" postgres -c 'SELECT claim_test_db()')
+	other=$(sql "$port" control -c 'SELECT claim_test_db()')
 	[ -n "$name" ] && [ "$name" != "$other" ] || fail "claims returned '$name' and '$other'"
 	[ "$(sql "$port" "$name" -c 'SELECT count(*) FROM products')" = 3 ] || fail 'the schema and seed rows are missing in the clone'
-	[ "$(sql "$port" postgres -c "SELECT count(*) FROM pg_roles WHERE rolname = 'extra_init_ran'")" = 1 ] || fail "the user's init script did not run"
-	[ "$(sql "$port" postgres -c 'SHOW fsync')" = off ] || fail 'test-tuned settings are not applied'
-	[ "$(sql "$port" postgres -c 'SHOW log_min_messages')" = warning ] || fail "the user's -c setting was not applied"
+	[ "$(sql "$port" control -c "SELECT count(*) FROM pg_roles WHERE rolname = 'extra_init_ran'")" = 1 ] || fail "the user's init script did not run"
+	[ "$(sql "$port" control -c 'SHOW fsync')" = off ] || fail 'test-tuned settings are not applied'
+	[ "$(sql "$port" control -c 'SHOW log_min_messages')" = warning ] || fail "the user's -c setting was not applied"
 
 	step "PostgreSQL $major: kill the sidecar; postgres must not notice"
 	started=$(postmaster_start "$port")
@@ -218,13 +235,13 @@ check_image() {
 		sleep 0.1
 	done
 	[ -n "$restarted" ] || fail 'the sidecar was not restarted'
-	sql "$port" postgres -c 'SELECT claim_test_db()' > /dev/null || fail 'no claim after the sidecar restart'
+	sql "$port" control -c 'SELECT claim_test_db()' > /dev/null || fail 'no claim after the sidecar restart'
 	# The new sidecar refills what the claims took.
 	for _ in $(seq 1 150); do
-		[ "$(sql "$port" postgres -c 'SELECT bool_and(ready >= min_ready) FROM test_db_status()')" = t ] && break
+		[ "$(sql "$port" control -c 'SELECT bool_and(ready >= min_ready) FROM test_db_status()')" = t ] && break
 		sleep 0.2
 	done
-	[ "$(sql "$port" postgres -c 'SELECT bool_and(ready >= min_ready) FROM test_db_status()')" = t ] || fail 'the restarted sidecar did not refill the pool'
+	[ "$(sql "$port" control -c 'SELECT bool_and(ready >= min_ready) FROM test_db_status()')" = t ] || fail 'the restarted sidecar did not refill the pool'
 	wait_healthy "$c" 60
 	report "PostgreSQL $major: sidecar killed -> restarted, pool refilled in $(since "$t") s, postgres untouched"
 	docker logs "$c" 2>&1 | grep -q 'terminated by signal' && fail 'postgres logged a crashed child process'
