@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS pgtestpool.templates (
   updated_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Columns added after the first release (CREATE TABLE IF NOT EXISTS leaves an existing table alone).
+ALTER TABLE pgtestpool.templates ADD COLUMN IF NOT EXISTS owner text;  -- `owner:` role a claimed clone is given
+
 CREATE SEQUENCE IF NOT EXISTS pgtestpool.clone_seq;
 
 CREATE TABLE IF NOT EXISTS pgtestpool.databases (
@@ -147,6 +150,11 @@ BEGIN
       -- Clones are created without PUBLIC connect rights: only the claimer (and superusers) get in.
       IF NOT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user), false) THEN
         EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO %I', claimed, session_user);
+      END IF;
+      -- The template's owner: role owns its objects; the claimed clone becomes its own only now,
+      -- so that role never reaches ready clones (a database's owner may always connect to it).
+      IF tpl.owner IS NOT NULL THEN
+        EXECUTE format('ALTER DATABASE %I OWNER TO %I', claimed, tpl.owner);
       END IF;
       PERFORM pg_notify('pgtestpool', json_build_object('event', 'claim', 'template', tpl.name, 'database', claimed,
                                                         'pid', pg_backend_pid(), 'role', session_user,

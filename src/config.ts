@@ -4,17 +4,29 @@ import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import YAML from 'yaml';
-import { glob, hasMagic } from './glob.ts';
+import { MIGRATION_FORMATS, type MigrationFormat } from './migrations.ts';
+import { resolveSources, type BuildStep, type MigrationSpec } from './sources.ts';
 
 export type Strategy = 'file_copy' | 'wal_log';
 
 export interface TemplateConfig {
   name: string;
-  /** Patterns as written in config.yaml. */
+  /** Created in the template first, before any SQL runs. */
+  extensions: string[];
+  /** Patterns as written in config.yaml (resolved again when `watch` looks for changes). */
   schema: string[];
-  /** Files the patterns matched, absolute, in the order they are applied. */
-  files: string[];
+  migrations: MigrationSpec[];
+  seed: string[];
+  /** What they resolved to at start, in the order they are applied. */
+  steps: BuildStep[];
+  /** Applied to every clone: ALTER DATABASE <clone> SET name = value (CREATE DATABASE does not copy them). */
+  settings: Record<string, string>;
+  /** Applied to every clone: GRANT <privileges> ON DATABASE <clone> TO <role>. */
+  grants: Record<string, string[]>;
+  /** Role that owns the template's objects and, once claimed, the clone. */
+  owner: string | null;
   minReady: number;
+  watch: boolean;
 }
 
 export interface Config {
@@ -122,9 +134,41 @@ function describe(v: unknown): string {
   return `${typeof v} ${String(v)}`;
 }
 
-const TEMPLATE_KEYS = ['schema', 'min_ready'];
+const TEMPLATE_KEYS = ['extensions', 'schema', 'migrations', 'seed', 'settings', 'grants', 'owner', 'min_ready', 'watch'];
+const DATABASE_PRIVILEGES = ['CONNECT', 'TEMPORARY', 'TEMP', 'CREATE', 'ALL'];
 
-function checkTemplate(c: Checker, name: string, raw: unknown, dir: string): TemplateConfig | null {
+function stringList(c: Checker, raw: Obj, key: string, fullKey: string, what: string): string[] {
+  const v = raw[key];
+  if (v === undefined || v === null) return [];
+  if (typeof v === 'string') return [v];
+  if (Array.isArray(v) && v.every((s) => typeof s === 'string')) return v as string[];
+  c.problem(fullKey, `expected ${what}, got ${describe(v)}`);
+  return [];
+}
+
+function checkMigrations(c: Checker, raw: unknown, key: string): MigrationSpec[] {
+  if (raw === undefined || raw === null) return [];
+  const list = Array.isArray(raw) ? raw : [raw];
+  const out: MigrationSpec[] = [];
+  list.forEach((m, i) => {
+    const k = Array.isArray(raw) ? `${key}[${i}]` : key;
+    if (!isObj(m)) {
+      c.problem(k, `expected {dir: <folder>, format: <${MIGRATION_FORMATS.join('|')}>}, got ${describe(m)}`);
+      return;
+    }
+    c.unknownKeys(m, k, ['dir', 'format']);
+    if (typeof m.dir !== 'string' || !m.dir) c.problem(`${k}.dir`, `expected the migrations folder, relative to config.yaml, got ${describe(m.dir)}`);
+    if (!MIGRATION_FORMATS.includes(m.format as MigrationFormat)) {
+      c.problem(`${k}.format`, `expected one of ${MIGRATION_FORMATS.join(', ')}, got ${describe(m.format)}`);
+    }
+    if (typeof m.dir === 'string' && m.dir && MIGRATION_FORMATS.includes(m.format as MigrationFormat)) {
+      out.push({ dir: m.dir, format: m.format as MigrationFormat });
+    }
+  });
+  return out;
+}
+
+function checkTemplate(c: Checker, name: string, raw: unknown, dir: string, watchDefault: boolean): TemplateConfig | null {
   const key = `templates.${name}`;
   if (Buffer.byteLength(name) > 40 || name.length === 0) {
     c.problem(key, 'expected a template name of 1 to 40 bytes');
@@ -135,24 +179,50 @@ function checkTemplate(c: Checker, name: string, raw: unknown, dir: string): Tem
   }
   c.unknownKeys(raw, key, TEMPLATE_KEYS);
   const minReady = c.int(raw, 'min_ready', `${key}.min_ready`, 8, 0, 1000);
-  let patterns: string[] = [];
-  const schema = raw.schema;
-  if (typeof schema === 'string') patterns = [schema];
-  else if (Array.isArray(schema) && schema.every((s) => typeof s === 'string')) patterns = schema as string[];
-  else c.problem(`${key}.schema`, `expected a list of SQL files or globs relative to ${dir} (e.g. [schema/*.sql]), got ${describe(schema)}`);
-
-  const files: string[] = [];
-  patterns.forEach((pattern, i) => {
-    const matched = glob(pattern, dir).filter((f) => !files.includes(f));
-    if (matched.length === 0) {
-      const where = path.resolve(dir, pattern);
-      c.problem(`${key}.schema[${i}]`, hasMagic(pattern)
-        ? `${JSON.stringify(pattern)} matches no file (looked for ${where})`
-        : `file ${JSON.stringify(pattern)} not found (looked for ${where})`);
-    }
-    files.push(...matched);
+  const extensions = stringList(c, raw, 'extensions', `${key}.extensions`, 'a list of extension names, e.g. [citext, pgcrypto]');
+  extensions.forEach((e, i) => {
+    if (!/^[A-Za-z0-9_-]{1,63}$/.test(e)) c.problem(`${key}.extensions[${i}]`, `expected an extension name (letters, digits, _ and -), got ${describe(e)}`);
   });
-  return { name, schema: patterns, files, minReady };
+  const schema = stringList(c, raw, 'schema', `${key}.schema`, `a list of SQL files or globs relative to ${dir} (e.g. [schema/*.sql])`);
+  const seed = stringList(c, raw, 'seed', `${key}.seed`, `a list of SQL files or globs relative to ${dir} (e.g. [seed/*.sql])`);
+  const migrations = checkMigrations(c, raw.migrations, `${key}.migrations`);
+  const { steps, problems } = resolveSources({ schema, migrations, seed }, dir);
+  for (const p of problems) c.problem(`${key}.${p.key}`, p.message);
+
+  const settings: Record<string, string> = {};
+  if (raw.settings !== undefined && raw.settings !== null) {
+    if (!isObj(raw.settings)) c.problem(`${key}.settings`, `expected a mapping of setting names to values (e.g. {timezone: UTC}), got ${describe(raw.settings)}`);
+    else {
+      for (const [k, v] of Object.entries(raw.settings)) {
+        if (!/^[A-Za-z_][A-Za-z0-9_.]*$/.test(k)) c.problem(`${key}.settings.${k}`, 'expected a PostgreSQL setting name');
+        else if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') c.problem(`${key}.settings.${k}`, `expected a string, number or boolean, got ${describe(v)}`);
+        else settings[k] = typeof v === 'boolean' ? (v ? 'on' : 'off') : String(v);
+      }
+    }
+  }
+  const grants: Record<string, string[]> = {};
+  if (raw.grants !== undefined && raw.grants !== null) {
+    if (!isObj(raw.grants)) c.problem(`${key}.grants`, `expected a mapping of role names to database privileges (e.g. {app_reader: [CONNECT]}), got ${describe(raw.grants)}`);
+    else {
+      for (const [role, privs] of Object.entries(raw.grants)) {
+        const list = typeof privs === 'string' ? [privs] : privs;
+        if (!Array.isArray(list) || !list.every((p) => typeof p === 'string' && DATABASE_PRIVILEGES.includes(p.toUpperCase()))) {
+          c.problem(`${key}.grants.${role}`, `expected a list of database privileges among ${DATABASE_PRIVILEGES.join(', ')}, got ${describe(privs)}`);
+        } else grants[role] = list.map((p: string) => p.toUpperCase());
+      }
+    }
+  }
+  let owner: string | null = null;
+  if (raw.owner !== undefined && raw.owner !== null) {
+    if (typeof raw.owner !== 'string' || !raw.owner || Buffer.byteLength(raw.owner) > 63) c.problem(`${key}.owner`, `expected a role name, got ${describe(raw.owner)}`);
+    else owner = raw.owner;
+  }
+  let watch = watchDefault;
+  if (raw.watch !== undefined && raw.watch !== null) {
+    if (typeof raw.watch !== 'boolean') c.problem(`${key}.watch`, `expected true or false, got ${describe(raw.watch)}`);
+    else watch = raw.watch;
+  }
+  return { name, extensions, schema, migrations, seed, steps, settings, grants, owner, minReady, watch };
 }
 
 /** Parses and validates config text; `file` is where it came from (relative paths resolve against its folder). */
@@ -172,15 +242,20 @@ export function parseConfig(text: string, file: string): Config {
   }
   if (doc === null || doc === undefined) doc = {};
   if (!isObj(doc)) throw new ConfigError(file, [`expected a YAML mapping at the top level, got ${describe(doc)}`]);
-  c.unknownKeys(doc, '', ['templates', 'pool', 'lease', 'claim']);
+  c.unknownKeys(doc, '', ['templates', 'pool', 'lease', 'claim', 'watch']);
+  let watchDefault = false;
+  if (doc.watch !== undefined && doc.watch !== null) {
+    if (typeof doc.watch !== 'boolean') c.problem('watch', `expected true or false, got ${describe(doc.watch)}`);
+    else watchDefault = doc.watch;
+  }
 
   const templates: TemplateConfig[] = [];
   const rawTemplates = doc.templates;
   if (!isObj(rawTemplates) || Object.keys(rawTemplates).length === 0) {
-    c.problem('templates', `expected a mapping of template names to {schema, min_ready}, got ${describe(rawTemplates)}`);
+    c.problem('templates', `expected a mapping of template names to {schema, migrations, min_ready, ...}, got ${describe(rawTemplates)}`);
   } else {
     for (const [name, raw] of Object.entries(rawTemplates)) {
-      const t = checkTemplate(c, name, raw, dir);
+      const t = checkTemplate(c, name, raw, dir, watchDefault);
       if (t) templates.push(t);
     }
   }

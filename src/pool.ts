@@ -5,6 +5,7 @@ import pg from 'pg';
 import type { Config, Strategy } from './config.ts';
 import { connect, dropDatabase, forDatabase, ident, type ConnConfig } from './db.ts';
 import { errorMessage, log } from './log.ts';
+import { cloneSetupSql } from './templates.ts';
 
 interface PoolStateRow {
   template: string;
@@ -134,7 +135,13 @@ export class Pool {
       // Born closed: new databases are open to PUBLIC, and nobody may slip in before the REVOKE
       // (a session already connected would outlive it). The claim grants CONNECT to the claimer.
       await this.workers.query(`CREATE DATABASE ${name} TEMPLATE ${ident(job.source)}${this.strategyClause} ALLOW_CONNECTIONS false`);
-      await this.workers.query(`REVOKE CONNECT, TEMPORARY ON DATABASE ${name} FROM PUBLIC; ALTER DATABASE ${name} ALLOW_CONNECTIONS true`);
+      // One round trip: the REVOKE, the template's per-clone settings and grants, then open it.
+      const template = this.opts.config.templates.find((t) => t.name === job.template);
+      await this.workers.query([
+        `REVOKE CONNECT, TEMPORARY ON DATABASE ${name} FROM PUBLIC`,
+        ...cloneSetupSql(template, job.name),
+        `ALTER DATABASE ${name} ALLOW_CONNECTIONS true`,
+      ].join(';\n'));
       if (this.opts.strategy === 'wal_log') {
         // WAL_LOG does not copy the relcache init file; one connection here builds it, so the
         // test's first connection does not pay for it.

@@ -38,6 +38,7 @@ export class Sidecar extends EventEmitter {
   private subscriber: Subscriber | null = null;
   private pool: Pool | null = null;
   private janitor: Janitor | null = null;
+  private templates: Templates | null = null;
   private timer: NodeJS.Timeout | null = null;
   private starting: Promise<void> | null = null;
   private stopping: Promise<void> | null = null;
@@ -84,6 +85,7 @@ export class Sidecar extends EventEmitter {
     this.pool = new Pool({ conn: this.conn, db, config: this.config, strategy });
     await this.listen();
     const templates = new Templates(this.conn, db, this.config, this.serverMajor);
+    this.templates = templates;
     const pending = await templates.prepare();
     const { rows: surplus } = await db.query<{ name: string; reason: string }>('SELECT * FROM pgtestpool.trim_surplus()');
     for (const r of surplus) log.info(`${r.name} will be dropped: ${r.reason}`);
@@ -153,6 +155,7 @@ export class Sidecar extends EventEmitter {
     this.sweeping = true;
     try {
       await this.janitor.sweep();
+      if (this.config.templates.some((t) => t.watch)) await this.templates?.checkForChanges();
     } catch (err) {
       log.warn(`janitor: ${errorMessage(err)}`);
     } finally {
@@ -208,6 +211,7 @@ export class Sidecar extends EventEmitter {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     await this.subscriber?.close().catch(() => {});
+    await this.templates?.idle(); // a rebuild in progress finishes (or fails) cleanly
     await this.pool?.stop();
     // Wait for a sweep in progress so its queries finish before the connection closes.
     while (this.sweeping) await new Promise((r) => setTimeout(r, 5));

@@ -1,25 +1,52 @@
-// Template databases: built once from the configured SQL files, keyed by a content hash kept in
-// Postgres, so a sidecar restart with unchanged files reuses the template (and its ready clones).
+// Template databases: built from a template's extensions, schema files, migration folders and
+// seeds, keyed by a content hash kept in Postgres (a restart with unchanged inputs reuses the
+// template and its ready clones), rebuilt in the background when `watch` sees a change.
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import type pg from 'pg';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
 import type { Config, TemplateConfig } from './config.ts';
 import { connect, dropDatabase, forDatabase, ident, type ConnConfig } from './db.ts';
 import { errorMessage, log } from './log.ts';
-import { runSqlFile } from './sqlscript.ts';
+import { resolveSources, statSignature, stepSql, type BuildStep } from './sources.ts';
+import { runSqlText } from './sqlscript.ts';
 
 /** Bump when the way templates are built changes, so old templates are rebuilt. */
-const BUILD_FORMAT = 2;
+const BUILD_FORMAT = 3;
 
-export function templateHash(t: TemplateConfig, configDir: string, serverMajor: number): string {
+const REASSIGN_OWNER_SQL = readFileSync(path.join(path.dirname(fileURLToPath(import.meta.url)), 'sql', 'reassign-owner.sql'), 'utf8');
+
+/** Everything that shapes a template: its inputs' names, contents and order, and the server's major. */
+export function templateHash(t: TemplateConfig, steps: BuildStep[], serverMajor: number): string {
   const h = createHash('sha256');
-  h.update(JSON.stringify({ format: BUILD_FORMAT, name: t.name, serverMajor }));
-  for (const file of t.files) {
-    h.update(`\0${path.relative(configDir, file)}\0`);
-    h.update(readFileSync(file));
+  h.update(JSON.stringify({ format: BUILD_FORMAT, name: t.name, serverMajor, extensions: t.extensions, owner: t.owner }));
+  for (const s of steps) {
+    h.update(`\0${s.kind}\0${s.display}\0${s.transaction}\0`);
+    h.update(stepSql(s));
   }
   return h.digest('hex');
+}
+
+/** Per-clone SQL that CREATE DATABASE ... TEMPLATE does not copy: settings and grants. */
+export function cloneSetupSql(t: TemplateConfig | undefined, clone: string): string[] {
+  if (!t) return [];
+  const db = ident(clone);
+  return [
+    ...Object.entries(t.settings).map(([k, v]) => `ALTER DATABASE ${db} SET ${ident(k)} = ${pg.escapeLiteral(v)}`),
+    ...Object.entries(t.grants).map(([role, privs]) => `GRANT ${privs.join(', ')} ON DATABASE ${db} TO ${ident(role)}`),
+  ];
+}
+
+/** Where an extension is missing, say how to add it, for the image in particular. */
+function withExtensionHint(message: string, serverMajor: number): string {
+  const m = /extension "([^"]+)" is not available|could not open extension control file "[^"]*\/([^/"]+)\.control"/.exec(message);
+  if (!m) return message;
+  const ext = m[1] ?? m[2]!;
+  const pkg = { vector: 'pgvector', postgis: 'postgis-3', timescaledb: 'timescaledb' }[ext] ?? ext;
+  return `${message}\nHINT:  the extension "${ext}" is not installed on this server (PostgreSQL ${serverMajor}). ` +
+    `Install it where PostgreSQL runs; for the pgtestpool image, build a derived image: ` +
+    `FROM pgtestpool:${serverMajor} + RUN apt-get update && apt-get install -y postgresql-${serverMajor}-${pkg} (the Debian package that provides it).`;
 }
 
 interface TemplateRow {
@@ -29,20 +56,33 @@ interface TemplateRow {
   hash: string | null;
 }
 
-/** A template that must be built: its config, content hash and database name. */
+/** A version of a template to build: its config, resolved steps, content hash and database name. */
 export interface PendingBuild {
   template: TemplateConfig;
+  steps: BuildStep[];
   hash: string;
   dbName: string;
 }
 
 export class Templates {
+  /** Old template databases whose drop failed (a CREATE from them was in flight): retried later. */
+  private readonly toDrop = new Set<string>();
+  /** Per watched template: the stat signature and hash last seen, to notice edits cheaply. */
+  private readonly seen = new Map<string, { signature: string; hash: string }>();
+  private building: Promise<void> = Promise.resolve();
+
   constructor(
     private readonly conn: ConnConfig,
     private readonly db: pg.Pool,
     private readonly config: Config,
     private readonly serverMajor: number,
   ) {}
+
+  private async version(t: TemplateConfig, steps: BuildStep[]): Promise<PendingBuild> {
+    const hash = templateHash(t, steps, this.serverMajor);
+    const { rows } = await this.db.query<{ name: string }>('SELECT pgtestpool.template_db_name($1, $2) AS name', [t.name, hash]);
+    return { template: t, steps, hash, dbName: rows[0]!.name };
+  }
 
   /**
    * Phase one, fast: forgets templates no longer configured, reuses unchanged ones, and takes
@@ -53,77 +93,157 @@ export class Templates {
     await this.removeUnconfigured();
     const pending: PendingBuild[] = [];
     for (const t of this.config.templates) {
-      const hash = templateHash(t, this.config.dir, this.serverMajor);
-      const { rows } = await this.db.query<TemplateRow & { exists: boolean; db_name: string }>(
-        `SELECT t.*, EXISTS (SELECT 1 FROM pg_database WHERE datname = t.database) AS exists,
-                pgtestpool.template_db_name($1, $2) AS db_name
-           FROM (SELECT $1::text AS name) n LEFT JOIN pgtestpool.templates t USING (name)`,
-        [t.name, hash],
+      const v = await this.version(t, t.steps);
+      this.seen.set(t.name, { signature: statSignature(t.steps), hash: v.hash });
+      const { rows } = await this.db.query<TemplateRow & { exists: boolean }>(
+        `SELECT t.*, EXISTS (SELECT 1 FROM pg_database WHERE datname = t.database) AS exists
+           FROM pgtestpool.templates t WHERE t.name = $1`,
+        [t.name],
       );
-      const row = rows[0]!;
-      if (row.state === 'ready' && row.hash === hash && row.database === row.db_name && row.exists) {
-        await this.db.query('UPDATE pgtestpool.templates SET min_ready = $2, updated_at = now() WHERE name = $1', [t.name, t.minReady]);
-        log.info(`template ${JSON.stringify(t.name)}: reusing ${row.db_name} (files unchanged)`);
+      const row = rows[0];
+      if (row && row.state === 'ready' && row.hash === v.hash && row.database === v.dbName && row.exists) {
+        await this.db.query('UPDATE pgtestpool.templates SET min_ready = $2, owner = $3, updated_at = now() WHERE name = $1', [t.name, t.minReady, t.owner]);
+        log.info(`template ${JSON.stringify(t.name)}: reusing ${v.dbName} (inputs unchanged)`);
         continue;
       }
       // A stale or missing version is not served while its replacement builds: tests right after
-      // an edit must get the new schema.
+      // a restart with edited files must get the new schema.
       await this.db.query(
-        `INSERT INTO pgtestpool.templates (name, state, min_ready) VALUES ($1, 'building', $2)
+        `INSERT INTO pgtestpool.templates (name, state, min_ready, owner) VALUES ($1, 'building', $2, $3)
          ON CONFLICT (name) DO UPDATE SET state = 'building', database = NULL, hash = NULL, error = NULL,
-                                          min_ready = excluded.min_ready, updated_at = now()`,
-        [t.name, t.minReady],
+                                          min_ready = excluded.min_ready, owner = excluded.owner, updated_at = now()`,
+        [t.name, t.minReady, t.owner],
       );
       await this.retireClones(t.name, 'template rebuilt');
-      if (row.database) await this.dropQuietly(row.database);
-      pending.push({ template: t, hash, dbName: row.db_name });
+      if (row?.database) await this.dropTemplateDb(row.database);
+      pending.push(v);
     }
     return pending;
   }
 
-  /** Phase two: builds one template; a failure marks it failed (claims then fail at once) and leaves nothing behind. */
-  async build({ template: t, hash, dbName }: PendingBuild): Promise<void> {
+  /**
+   * Builds one version. At start nothing serves meanwhile; a rebuild seen by `watch` keeps the
+   * old version serving until the new one is ready, then switches. A failure marks the template
+   * failed with the error and leaves nothing behind (and the old version, if any, serving).
+   */
+  async build(v: PendingBuild): Promise<boolean> {
+    const { template: t, dbName } = v;
     const started = performance.now();
-    log.info(`template ${JSON.stringify(t.name)}: building ${dbName} from ${t.files.length} file(s)`);
+    log.info(`template ${JSON.stringify(t.name)}: building ${dbName} from ${v.steps.length} file(s)` +
+      (t.extensions.length ? ` and extensions ${t.extensions.join(', ')}` : ''));
     try {
-      await dropDatabase(this.db, dbName, { template: true }); // a leftover of an interrupted build
-      await this.db.query(`CREATE DATABASE ${ident(dbName)}`);
-      const client = await connect(forDatabase(this.conn, dbName), 'pgtestpool template build');
-      try {
-        for (const file of t.files) {
-          await runSqlFile(client, file, { displayName: path.relative(this.config.dir, file) || file });
-        }
-        // Frozen and analyzed once here rather than in every clone.
-        await client.query('VACUUM (FREEZE, ANALYZE)');
-      } finally {
-        await client.end().catch(() => {});
-      }
-      // VACUUM invalidated the relcache init file; a new session writes it again, FILE_COPY copies
-      // it into every clone, and each test's first connection is ~3 ms faster for it.
-      const warm = await connect(forDatabase(this.conn, dbName), 'pgtestpool template warm-up');
-      await warm.end();
-      // Cloning fails while anyone is connected to the source, so nobody may connect to it.
-      await this.db.query(`ALTER DATABASE ${ident(dbName)} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false`);
-      await this.db.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1`, [dbName]);
+      await this.createAndFill(v);
       const ms = Math.round(performance.now() - started);
-      await this.db.query(
-        `UPDATE pgtestpool.templates SET state = 'ready', database = $2, hash = $3, error = NULL,
-                build_ms = $4, built_at = now(), updated_at = now() WHERE name = $1`,
-        [t.name, dbName, hash, ms],
+      const { rows } = await this.db.query<{ old: string | null }>(
+        `UPDATE pgtestpool.templates n SET state = 'ready', database = $2, hash = $3, error = NULL, owner = $5,
+                build_ms = $4, built_at = now(), updated_at = now()
+           FROM pgtestpool.templates o WHERE n.name = $1 AND o.name = n.name
+         RETURNING o.database AS old`,
+        [t.name, dbName, v.hash, ms, t.owner],
       );
-      log.info(`template ${JSON.stringify(t.name)}: built in ${ms} ms`);
+      const old = rows[0]?.old;
+      log.info(`template ${JSON.stringify(t.name)}: built in ${ms} ms${old && old !== dbName ? `; now serving it instead of ${old}` : ''}`);
+      if (old && old !== dbName) {
+        // Ready clones of the old version go; claimed ones stay with their tests until released.
+        await this.db.query(
+          `UPDATE pgtestpool.databases SET state = 'dropping', drop_reason = 'template rebuilt'
+            WHERE template = $1 AND state IN ('ready', 'creating') AND source = $2`,
+          [t.name, old],
+        );
+        await this.dropTemplateDb(old);
+      }
+      return true;
     } catch (err) {
-      const message = errorMessage(err);
-      await this.dropQuietly(dbName);
-      await this.db.query(
-        `UPDATE pgtestpool.templates SET state = 'failed', error = $2, updated_at = now() WHERE name = $1`,
-        [t.name, message],
-      );
+      const message = withExtensionHint(errorMessage(err), this.serverMajor);
+      await this.dropTemplateDb(dbName);
+      await this.db.query(`UPDATE pgtestpool.templates SET state = 'failed', error = $2, updated_at = now() WHERE name = $1`, [t.name, message]);
       log.error(`template ${JSON.stringify(t.name)}: build failed: ${message}`);
+      return false;
     }
   }
 
-  /** Ready clones of an old version are dropped; claimed ones stay with their tests until released. */
+  private async createAndFill({ template: t, steps, dbName }: PendingBuild): Promise<void> {
+    if (t.owner) {
+      const { rowCount } = await this.db.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [t.owner]);
+      if (!rowCount) {
+        throw new Error(`owner: role ${JSON.stringify(t.owner)} does not exist: create it first ` +
+          `(e.g. an init script with CREATE ROLE ${ident(t.owner)} LOGIN PASSWORD '...')`);
+      }
+    }
+    await dropDatabase(this.db, dbName, { template: true }); // a leftover of an interrupted build
+    await this.db.query(`CREATE DATABASE ${ident(dbName)}`);
+    const client = await connect(forDatabase(this.conn, dbName), 'pgtestpool template build');
+    try {
+      for (const ext of t.extensions) {
+        await client.query(`CREATE EXTENSION IF NOT EXISTS ${ident(ext)} CASCADE`).catch((err) => {
+          throw new Error(`extensions: ${errorMessage(err)}`);
+        });
+      }
+      for (const step of steps) {
+        if (step.transaction) await client.query('BEGIN');
+        await runSqlText(client, stepSql(step), step.display);
+        if (step.transaction) await client.query('COMMIT');
+      }
+      if (t.owner) {
+        await client.query(`SELECT set_config('pgtestpool.owner', $1, false)`, [t.owner]);
+        await client.query(REASSIGN_OWNER_SQL);
+      }
+      // Frozen and analyzed once here rather than in every clone.
+      await client.query('VACUUM (FREEZE, ANALYZE)');
+    } finally {
+      await client.end().catch(() => {});
+    }
+    // VACUUM invalidated the relcache init file; a new session writes it again, FILE_COPY copies
+    // it into every clone, and each test's first connection is ~3 ms faster for it.
+    const warm = await connect(forDatabase(this.conn, dbName), 'pgtestpool template warm-up');
+    await warm.end();
+    // Cloning fails while anyone is connected to the source, so nobody may connect to it.
+    await this.db.query(`ALTER DATABASE ${ident(dbName)} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false`);
+    await this.db.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1`, [dbName]);
+  }
+
+  /**
+   * `watch`: called on every poll. Re-resolves each watched template's inputs, and when their
+   * content hash changed, builds the new version in the background (one build at a time) while
+   * the old one keeps serving. Inputs that no longer resolve (a deleted file) are reported the
+   * same way as a failed build.
+   */
+  async checkForChanges(): Promise<void> {
+    await this.retryDrops();
+    for (const t of this.config.templates) {
+      if (!t.watch) continue;
+      const { steps, problems } = resolveSources(t, this.config.dir);
+      const signature = statSignature(steps) + JSON.stringify(problems);
+      const last = this.seen.get(t.name);
+      if (last && last.signature === signature) continue;
+      if (problems.length > 0) {
+        const message = problems.map((p) => `templates.${t.name}.${p.key}: ${p.message}`).join('\n');
+        this.seen.set(t.name, { signature, hash: '' });
+        await this.db.query(`UPDATE pgtestpool.templates SET state = 'failed', error = $2, updated_at = now() WHERE name = $1`, [t.name, message]);
+        log.error(`template ${JSON.stringify(t.name)}: ${message} (the previous version keeps serving)`);
+        continue;
+      }
+      const v = await this.version(t, steps);
+      this.seen.set(t.name, { signature, hash: v.hash });
+      if (last && last.hash === v.hash) continue; // touched, not changed
+      const { rows } = await this.db.query<{ hash: string | null }>('SELECT hash FROM pgtestpool.templates WHERE name = $1', [t.name]);
+      if (rows[0]?.hash === v.hash) {
+        // An edit undone (after a broken one): the serving version is the right one again.
+        await this.db.query(`UPDATE pgtestpool.templates SET state = 'ready', error = NULL, updated_at = now() WHERE name = $1`, [t.name]);
+        log.info(`template ${JSON.stringify(t.name)}: inputs are back to the serving version`);
+        continue;
+      }
+      log.info(`template ${JSON.stringify(t.name)}: inputs changed; building the new version while the current one serves`);
+      await this.db.query(`UPDATE pgtestpool.templates SET state = 'building', updated_at = now() WHERE name = $1`, [t.name]);
+      this.building = this.building.then(() => this.build(v).then(() => {}));
+    }
+  }
+
+  /** Resolves once the builds queued so far have finished. */
+  idle(): Promise<void> {
+    return this.building;
+  }
+
   private async retireClones(template: string, reason: string): Promise<void> {
     await this.db.query(
       `UPDATE pgtestpool.databases SET state = 'dropping', drop_reason = $2
@@ -137,16 +257,22 @@ export class Templates {
     const { rows } = await this.db.query<TemplateRow>('DELETE FROM pgtestpool.templates WHERE NOT (name = ANY($1)) RETURNING *', [names]);
     for (const row of rows) {
       await this.retireClones(row.name, 'template removed from config');
-      if (row.database) await this.dropQuietly(row.database);
+      if (row.database) await this.dropTemplateDb(row.database);
       log.info(`template ${JSON.stringify(row.name)}: removed (no longer in the config)`);
     }
   }
 
-  private async dropQuietly(dbName: string): Promise<void> {
+  private async dropTemplateDb(dbName: string): Promise<void> {
     try {
       await dropDatabase(this.db, dbName, { template: true });
+      this.toDrop.delete(dbName);
     } catch (err) {
-      log.warn(`could not drop ${dbName}: ${errorMessage(err)}`);
+      this.toDrop.add(dbName);
+      log.warn(`could not drop ${dbName} yet (${errorMessage(err)}); will retry`);
     }
+  }
+
+  private async retryDrops(): Promise<void> {
+    for (const name of [...this.toDrop]) await this.dropTemplateDb(name);
   }
 }

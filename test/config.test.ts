@@ -23,7 +23,7 @@ test('the shipped config.yaml is valid and matches its schema folder', async () 
   const { ROOT } = await import('./harness.ts');
   const config = loadConfig(`${ROOT}/config.yaml`);
   assert.equal(config.templates[0]!.name, 'default');
-  assert.ok(config.templates[0]!.files.length >= 1);
+  assert.ok(config.templates[0]!.steps.length >= 1);
   assert.equal(config.lease.idleTimeoutMs, 30_000);
   assert.equal(config.claim.timeoutMs, 30_000);
 });
@@ -65,7 +65,7 @@ claim:
 unknown_section: {}
 `);
   const expect = [
-    /^templates\.default\.extra: unknown key \(expected one of: schema, min_ready\)$/,
+    /^templates\.default\.extra: unknown key \(expected one of: extensions, schema, migrations, seed, settings, grants, owner, min_ready, watch\)$/,
     /^templates\.default\.min_ready: expected a whole number from 0 to 1000, got number -1$/,
     /^templates\.default\.schema\[0\]: "missing\/\*\.sql" matches no file/,
     /^templates\.default\.schema\[1\]: file "nofile\.sql" not found/,

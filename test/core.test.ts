@@ -10,7 +10,7 @@ import type { EmbeddedServer } from '../src/embedded.ts';
 import { Sidecar } from '../src/sidecar.ts';
 import {
   claim, client, configDir, databaseExists, exited, removeConfigDir, simpleConfig, spawnSidecar, startServer,
-  startSidecar, status, testInstalls, waitFor, EXAMPLE_SCHEMA,
+  startSidecar, status, testInstalls, waitFor, waitForReady, EXAMPLE_SCHEMA,
 } from './harness.ts';
 
 const installs = await testInstalls();
@@ -471,7 +471,7 @@ for (const install of installs) {
       const configFile = configDir(simpleConfig({ minReady: 12, concurrency: 2 }), EXAMPLE_SCHEMA);
       let child = spawnSidecar(server, configFile);
       try {
-        await waitFor('first sidecar ready', async () => /pgtestpool ready/.test(child.output()), 60_000);
+        await waitForReady(child);
         const claimers = await Promise.all(Array.from({ length: 10 }, () => client(server)));
         const first: string[] = [];
         // Kill it while it is creating replacements. A kill can land between two creates; then
@@ -485,11 +485,11 @@ for (const install of installs) {
           if (leftover > 0) break;
           assert.ok(attempt < 5, 'five kills in a row missed every in-flight CREATE');
           child = spawnSidecar(server, configFile);
-          await waitFor('sidecar ready again', async () => /pgtestpool ready/.test(child.output()), 60_000);
+          await waitForReady(child);
         }
 
         child = spawnSidecar(server, configFile);
-        await waitFor('restarted sidecar ready', async () => /pgtestpool ready/.test(child.output()), 60_000);
+        await waitForReady(child);
         await waitFor('no creating or dropping rows', async () =>
           (await admin.query("SELECT 1 FROM test_dbs WHERE state IN ('creating', 'dropping')")).rowCount === 0);
         const second = await Promise.all(claimers.map((c) => claim(c)));
@@ -503,7 +503,7 @@ for (const install of installs) {
         await Promise.all(claimers.map((c) => c.end()));
       } finally {
         child.kill('SIGTERM');
-        assert.equal(await exited(child), 0, 'SIGTERM stops the sidecar cleanly');
+        assert.equal(await exited(child), 0, `SIGTERM stops the sidecar cleanly; its output:\n${child.output()}`);
         removeConfigDir(configFile);
       }
     });

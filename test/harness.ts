@@ -190,3 +190,23 @@ export function exited(child: ChildProcess): Promise<number | null> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(child.exitCode);
   return new Promise((resolve) => child.once('exit', (code) => resolve(code)));
 }
+
+/** Waits for a spawned sidecar's ready line; fails at once, with its output, if it exits first. */
+export async function waitForReady(child: ChildProcess & { output: () => string }, timeoutMs = 60_000): Promise<void> {
+  await waitFor('sidecar ready line', async () => {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`the sidecar exited (${child.exitCode ?? child.signalCode}) before it was ready:\n${child.output()}`);
+    }
+    return /pgtestpool ready/.test(child.output());
+  }, timeoutMs);
+}
+
+/** A clean slate on a shared test server: every pool database dropped, the control tables emptied. */
+export async function resetPool(admin: pg.Client): Promise<void> {
+  const { rows } = await admin.query<{ datname: string; datistemplate: boolean }>("SELECT datname, datistemplate FROM pg_database WHERE datname LIKE 'pgtp\\_%'");
+  for (const r of rows) {
+    if (r.datistemplate) await admin.query(`ALTER DATABASE "${r.datname}" IS_TEMPLATE false`);
+    await admin.query(`DROP DATABASE "${r.datname}" WITH (FORCE)`);
+  }
+  await admin.query('DELETE FROM pgtestpool.databases; DELETE FROM pgtestpool.templates');
+}
