@@ -352,9 +352,12 @@ AS $$
      AND NOT EXISTS (SELECT 1 FROM pgtestpool.templates t WHERE t.database = db.datname)
 $$;
 
--- Per template: what the pool holds, for the sidecar's refill plan.
+-- Per template: what the pool holds, for the sidecar's refill plan. (Dropped first: its result
+-- columns grew, which CREATE OR REPLACE cannot do.)
+DROP FUNCTION IF EXISTS pgtestpool.pool_state();
 CREATE OR REPLACE FUNCTION pgtestpool.pool_state()
-RETURNS TABLE (template text, database text, min_ready integer, ready bigint, creating bigint, total_in_use bigint)
+RETURNS TABLE (template text, database text, min_ready integer, ready bigint, creating bigint, total_in_use bigint,
+               last_claimed_at timestamptz)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -363,7 +366,8 @@ AS $$
          count(d.id) FILTER (WHERE d.state = 'creating'),
          -- what counts against pool.max_databases, over all templates (also ones removed from the config
          -- whose claims are still out): every clone that exists or is being made, but not those on their way out
-         (SELECT count(*) FROM pgtestpool.databases a WHERE a.state IN ('ready', 'creating', 'claimed'))
+         (SELECT count(*) FROM pgtestpool.databases a WHERE a.state IN ('ready', 'creating', 'claimed')),
+         max(d.claimed_at)
     FROM pgtestpool.templates t
     LEFT JOIN pgtestpool.databases d ON d.template = t.name
    GROUP BY t.name

@@ -39,6 +39,8 @@ export interface Config {
     strategy: Strategy | null;
     concurrency: number;
     pollIntervalMs: number;
+    /** A template unclaimed this long lends its ready clones to one that needs them when the budget is spent. */
+    lendAfterMs: number;
   };
   lease: { idleTimeoutMs: number; maxDurationMs: number };
   claim: { timeoutMs: number };
@@ -260,7 +262,7 @@ export function parseConfig(text: string, file: string): Config {
     }
   }
 
-  const pool = c.section(doc, 'pool', 'pool', ['max_databases', 'strategy', 'concurrency', 'poll_interval']);
+  const pool = c.section(doc, 'pool', 'pool', ['max_databases', 'strategy', 'concurrency', 'poll_interval', 'lend_after']);
   const maxDatabases = c.int(pool, 'max_databases', 'pool.max_databases', 64, 1, 10_000);
   let strategy: Strategy | null = null;
   if (pool.strategy !== undefined && pool.strategy !== null && pool.strategy !== 'auto') {
@@ -271,6 +273,7 @@ export function parseConfig(text: string, file: string): Config {
   const cores = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
   const concurrency = c.int(pool, 'concurrency', 'pool.concurrency', Math.max(1, Math.min(cores, 8)), 1, 64);
   const pollIntervalMs = c.duration(pool, 'poll_interval', 'pool.poll_interval', 1000, 50);
+  const lendAfterMs = c.duration(pool, 'lend_after', 'pool.lend_after', 60_000, 0);
 
   const lease = c.section(doc, 'lease', 'lease', ['idle_timeout', 'max_duration']);
   const idleTimeoutMs = c.duration(lease, 'idle_timeout', 'lease.idle_timeout', 30_000, 0);
@@ -289,7 +292,7 @@ export function parseConfig(text: string, file: string): Config {
     file: path.resolve(file),
     dir,
     templates,
-    pool: { maxDatabases, strategy, concurrency, pollIntervalMs },
+    pool: { maxDatabases, strategy, concurrency, pollIntervalMs, lendAfterMs },
     lease: { idleTimeoutMs, maxDurationMs },
     claim: { timeoutMs },
   };

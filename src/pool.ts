@@ -14,6 +14,7 @@ interface PoolStateRow {
   ready: string;
   creating: string;
   total_in_use: string;
+  last_claimed_at: Date | null;
 }
 
 type Job = { kind: 'create'; name: string; source: string; template: string } | { kind: 'drop'; name: string; reason: string };
@@ -86,11 +87,14 @@ export class Pool {
     let budget = this.opts.config.pool.maxDatabases - Number(rows[0]?.total_in_use ?? 0);
     const needs = rows
       .filter((r) => r.database !== null && (this.notBefore.get(`t:${r.template}`)?.until ?? 0) <= now)
-      .map((r) => ({ row: r, need: r.min_ready - Number(r.ready) - Number(r.creating) }));
+      .map((r) => ({ row: r, need: r.min_ready - Number(r.ready) - Number(r.creating), idle: this.idle(r, now) }));
+
+    if (budget <= 0 && (await this.lend(rows, needs, now))) budget++;
 
     // Creates first: a test may be waiting for one; drops only free memory and can wait.
     while (this.free > 0 && budget > 0 && !this.stopped) {
-      const next = needs.filter((n) => n.need > 0).sort((a, b) => b.need - a.need)[0];
+      // Templates in use before idle ones (which may have just lent their clones), then the neediest.
+      const next = needs.filter((n) => n.need > 0).sort((a, b) => Number(a.idle) - Number(b.idle) || b.need - a.need)[0];
       if (!next) break;
       const { rows: created } = await db.query<{ name: string; source: string }>('SELECT * FROM pgtestpool.new_clone($1)', [next.row.template]);
       const c = created[0];
@@ -116,6 +120,34 @@ export class Pool {
       if ((this.notBefore.get(`d:${d.name}`)?.until ?? 0) > now) continue;
       this.dispatch({ kind: 'drop', name: d.name, reason: d.drop_reason ?? 'released' });
     }
+  }
+
+  /**
+   * The budget is spent and a template needs clones: take one ready clone from a template nobody
+   * has claimed for pool.lend_after, so busy templates are not starved by idle ones. The lender
+   * refills when budget frees up again.
+   */
+  private async lend(rows: PoolStateRow[], needs: { row: PoolStateRow; need: number; idle: boolean }[], now: number): Promise<boolean> {
+    const starving = needs.filter((n) => n.need > 0 && !n.idle).sort((a, b) => b.need - a.need)[0];
+    if (!starving) return false;
+    const lender = rows
+      .filter((r) => r.template !== starving.row.template && Number(r.ready) > 0 && this.idle(r, now))
+      .sort((a, b) => Number(b.ready) - Number(a.ready))[0];
+    if (!lender) return false;
+    const { rows: lent } = await this.opts.db.query<{ name: string }>(
+      `UPDATE pgtestpool.databases SET state = 'dropping', drop_reason = $3
+        WHERE id = (SELECT id FROM pgtestpool.databases WHERE template = $1 AND state = 'ready' AND source = $2
+                     ORDER BY id DESC LIMIT 1 FOR UPDATE SKIP LOCKED)
+       RETURNING name`,
+      [lender.template, lender.database, `budget lent to template ${JSON.stringify(starving.row.template)} (${JSON.stringify(lender.template)} unclaimed)`],
+    );
+    if (!lent[0]) return false;
+    log.info(`${lent[0].name}: template ${JSON.stringify(lender.template)} is unclaimed; its clone makes room for ${JSON.stringify(starving.row.template)}`);
+    return true;
+  }
+
+  private idle(r: PoolStateRow, now: number): boolean {
+    return now - (r.last_claimed_at?.getTime() ?? 0) >= this.opts.config.pool.lendAfterMs;
   }
 
   private dispatch(job: Job): void {

@@ -270,6 +270,42 @@ pool:
       await sc.stop();
     }
   });
+
+  test('an unclaimed template lends its ready clones to a busy one when max_databases is spent', async () => {
+    const cfg = `templates:
+  default:
+    schema: [a.sql]
+    min_ready: 2
+  analytics:
+    schema: [b.sql]
+    min_ready: 2
+pool:
+  max_databases: 4
+  poll_interval: 100ms
+  lend_after: 300ms
+`;
+    const sc = await startSidecar(server, cfg, { 'a.sql': 'CREATE TABLE a (id int);', 'b.sql': 'CREATE TABLE b (id int);' });
+    try {
+      await claim(admin);
+      await claim(admin); // default: 2 claimed, 0 ready; analytics holds the other 2 of 4
+      await waitFor('default refilled from analytics\' budget', async () => (await status(admin, 'default')).ready === 2, 10_000);
+      assert.equal((await status(admin, 'analytics')).ready, 0);
+      const { rows } = await admin.query("SELECT count(*)::int AS n FROM test_dbs WHERE template = 'analytics' AND drop_reason LIKE 'budget lent to template \"default\"%'");
+      assert.equal(rows[0].n, 2);
+      // A claim of the lender still works: it waits for budget, which a release frees.
+      const other = await client(server);
+      try {
+        const waiting = claim(other, 'analytics');
+        const held = (await admin.query("SELECT name FROM test_dbs WHERE template = 'default' AND state = 'claimed' LIMIT 1")).rows[0].name;
+        await admin.query('SELECT release_test_db($1)', [held]);
+        assert.match(await waiting, /^pgtp_analytics_/);
+      } finally {
+        await other.end();
+      }
+    } finally {
+      await sc.stop();
+    }
+  });
 });
 
 for (const install of installs) {
