@@ -183,6 +183,9 @@ export class Templates {
         if (step.transaction) await client.query('BEGIN');
         await runSqlText(client, stepSql(step), step.display);
         if (step.transaction) await client.query('COMMIT');
+        // Each file starts from a fresh session, as with its own `psql -f`: pg_dump output sets
+        // search_path to '' and would otherwise leave it so for the next file.
+        await client.query('DISCARD ALL');
       }
       if (t.owner) {
         await client.query(`SELECT set_config('pgtestpool.owner', $1, false)`, [t.owner]);

@@ -101,3 +101,44 @@ test('durations', () => {
   assert.equal(parseDuration(30), null);
   assert.equal(parseDuration('soon'), null);
 });
+
+test('template sources, settings, grants, owner and watch: every mistake reported with its key', () => {
+  const problems = problemsOf(`
+watch: sometimes
+templates:
+  default:
+    extensions: [citext, "bad ext"]
+    migrations: {dir: db/migrations, format: liquibase}
+    seed: [../outside/seed.sql]
+    settings: {"bad name!": 1, timezone: [UTC]}
+    grants: {reader: [SELECT]}
+    owner: 42
+  other:
+    migrations:
+      - {dir: missing_folder, format: flyway}
+`, { 'db/migrations/V1__a.sql': 'SELECT 1;' });
+  const expect = [
+    /^watch: expected true or false, got "sometimes"$/,
+    /^templates\.default\.extensions\[1\]: expected an extension name/,
+    /^templates\.default\.migrations\.format: expected one of flyway, golang-migrate, dbmate, prisma, numbered, got "liquibase"$/,
+    /^templates\.default\.seed\[0\]: file "\.\.\/outside\/seed\.sql" not found .*it is outside the config's folder .*mount it or move it under that folder$/,
+    /^templates\.default\.settings\.bad name!: expected a PostgreSQL setting name$/,
+    /^templates\.default\.settings\.timezone: expected a string, number or boolean, got a list$/,
+    /^templates\.default\.grants\.reader: expected a list of database privileges among CONNECT, TEMPORARY, TEMP, CREATE, ALL/,
+    /^templates\.default\.owner: expected a role name, got number 42$/,
+    /^templates\.other\.migrations\[0\]: migrations folder .*missing_folder/,
+  ];
+  for (const re of expect) assert.ok(problems.some((p) => re.test(p)), `missing problem ${re}; got:\n${problems.join('\n')}`);
+  assert.equal(problems.length, expect.length, problems.join('\n'));
+});
+
+test('watch defaults to the top-level value and a template may override it', () => {
+  const text = 'watch: true\ntemplates:\n  a:\n    schema: []\n  b:\n    schema: []\n    watch: false\n';
+  const file = configDir(text);
+  try {
+    const c = parseConfig(text, file);
+    assert.deepEqual(c.templates.map((t) => [t.name, t.watch]), [['a', true], ['b', false]]);
+  } finally {
+    removeConfigDir(file);
+  }
+});

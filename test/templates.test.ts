@@ -323,10 +323,12 @@ for (const install of installs) {
     const files = {
       'pagila/schema.sql': readFileSync(path.join(PAGILA_DIR, 'pagila-2024-schema.sql'), 'utf8'),
       'pagila/data.sql': readFileSync(path.join(PAGILA_DIR, 'pagila-2024-data.sql'), 'utf8'),
+      // After a dump that sets search_path to '' for its session: each file starts afresh.
+      'pagila/extra.sql': 'CREATE TABLE extra (id int);',
     };
 
     test('the 2024 schema + data builds, and a claimed clone answers queries with the rows in place', async (t) => {
-      const sc = await startSidecar(server, yaml({ schema: ['pagila/schema.sql', 'pagila/data.sql'], min_ready: 2 }), files);
+      const sc = await startSidecar(server, yaml({ schema: ['pagila/schema.sql', 'pagila/data.sql', 'pagila/extra.sql'], min_ready: 2 }), files);
       try {
         const st = await status(admin);
         const name = await claim(admin);
@@ -334,6 +336,7 @@ for (const install of installs) {
         const { rows } = await db.query('SELECT (SELECT count(*) FROM film_list)::int AS films, (SELECT count(*) FROM payment)::int AS payments, (SELECT count(*) FROM rental)::int AS rentals');
         assert.deepEqual(rows[0], { films: 2360, payments: 16049, rentals: 16044 });
         await db.query('SELECT * FROM sales_by_film_category LIMIT 3');
+        await db.query('SELECT * FROM public.extra');
         await db.end();
         const build = (await admin.query('SELECT build_ms FROM pgtestpool.templates')).rows[0].build_ms;
         t.diagnostic(`pagila template built in ${build} ms (ready: ${st.ready})`);
