@@ -357,7 +357,7 @@ $$;
 DROP FUNCTION IF EXISTS pgtestpool.pool_state();
 CREATE OR REPLACE FUNCTION pgtestpool.pool_state()
 RETURNS TABLE (template text, database text, min_ready integer, ready bigint, creating bigint, total_in_use bigint,
-               last_claimed_at timestamptz)
+               last_claimed_at timestamptz, claimed bigint)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -367,7 +367,8 @@ AS $$
          -- what counts against pool.max_databases, over all templates (also ones removed from the config
          -- whose claims are still out): every clone that exists or is being made, but not those on their way out
          (SELECT count(*) FROM pgtestpool.databases a WHERE a.state IN ('ready', 'creating', 'claimed')),
-         max(d.claimed_at)
+         max(d.claimed_at),
+         count(d.id) FILTER (WHERE d.state = 'claimed')
     FROM pgtestpool.templates t
     LEFT JOIN pgtestpool.databases d ON d.template = t.name
    GROUP BY t.name

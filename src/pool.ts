@@ -15,6 +15,7 @@ interface PoolStateRow {
   creating: string;
   total_in_use: string;
   last_claimed_at: Date | null;
+  claimed: string;
 }
 
 type Job = { kind: 'create'; name: string; source: string; template: string } | { kind: 'drop'; name: string; reason: string };
@@ -93,8 +94,12 @@ export class Pool {
 
     // Creates first: a test may be waiting for one; drops only free memory and can wait.
     while (this.free > 0 && budget > 0 && !this.stopped) {
-      // Templates in use before idle ones (which may have just lent their clones), then the neediest.
-      const next = needs.filter((n) => n.need > 0).sort((a, b) => Number(a.idle) - Number(b.idle) || b.need - a.need)[0];
+      // The emptiest pool first (a claim may be waiting on it, unseen), then templates in use
+      // before idle ones, then the neediest.
+      const held = (n: (typeof needs)[number]) => Number(n.row.ready) + Number(n.row.creating);
+      const next = needs
+        .filter((n) => n.need > 0)
+        .sort((a, b) => held(a) - held(b) || Number(a.idle) - Number(b.idle) || b.need - a.need)[0];
       if (!next) break;
       const { rows: created } = await db.query<{ name: string; source: string }>('SELECT * FROM pgtestpool.new_clone($1)', [next.row.template]);
       const c = created[0];
@@ -105,6 +110,7 @@ export class Pool {
         return;
       }
       next.need--;
+      next.row.creating = String(Number(next.row.creating) + 1);
       budget--;
       this.dispatch({ kind: 'create', name: c.name, source: c.source, template: next.row.template });
     }
@@ -137,6 +143,8 @@ export class Pool {
     const { rows: lent } = await this.opts.db.query<{ name: string }>(
       `UPDATE pgtestpool.databases SET state = 'dropping', drop_reason = $3
         WHERE id = (SELECT id FROM pgtestpool.databases WHERE template = $1 AND state = 'ready' AND source = $2
+                       -- a clone just made may be what a waiting claim of the lender is about to take
+                       AND ready_at < clock_timestamp() - interval '1 second'
                      ORDER BY id DESC LIMIT 1 FOR UPDATE SKIP LOCKED)
        RETURNING name`,
       [lender.template, lender.database, `budget lent to template ${JSON.stringify(starving.row.template)} (${JSON.stringify(lender.template)} unclaimed)`],
@@ -146,8 +154,9 @@ export class Pool {
     return true;
   }
 
+  /** Unused: no claim outstanding and none for pool.lend_after. */
   private idle(r: PoolStateRow, now: number): boolean {
-    return now - (r.last_claimed_at?.getTime() ?? 0) >= this.opts.config.pool.lendAfterMs;
+    return Number(r.claimed) === 0 && now - (r.last_claimed_at?.getTime() ?? 0) >= this.opts.config.pool.lendAfterMs;
   }
 
   private dispatch(job: Job): void {

@@ -43,6 +43,7 @@ export class Sidecar extends EventEmitter {
   private starting: Promise<void> | null = null;
   private stopping: Promise<void> | null = null;
   private sweeping = false;
+  private initialBuildsDone = false;
   serverMajor = 0;
 
   constructor(
@@ -89,14 +90,16 @@ export class Sidecar extends EventEmitter {
     const pending = await templates.prepare();
     const { rows: surplus } = await db.query<{ name: string; reason: string }>('SELECT * FROM pgtestpool.trim_surplus()');
     for (const r of surplus) log.info(`${r.name} will be dropped: ${r.reason}`);
-    // Drops of leftovers and refills of reused templates go ahead while the others build.
+    // Drops of leftovers and refills of reused templates go ahead while the others build, and
+    // the heartbeat runs meanwhile (a long build is not a dead sidecar).
     this.pool.wake();
+    this.timer = setInterval(() => void this.poll(), this.config.pool.pollIntervalMs);
     for (const build of pending) {
       if (this.stopping) break;
       await templates.build(build);
       this.pool.wake();
     }
-    this.timer = setInterval(() => void this.poll(), this.config.pool.pollIntervalMs);
+    this.initialBuildsDone = true;
     log.info(
       `pool running: ${this.config.templates.map((t) => `${t.name} min_ready ${t.minReady}`).join(', ')}; ` +
         `max_databases ${this.config.pool.maxDatabases}; ${this.config.pool.concurrency} in flight; ` +
@@ -155,7 +158,9 @@ export class Sidecar extends EventEmitter {
     this.sweeping = true;
     try {
       await this.janitor.sweep();
-      if (this.config.templates.some((t) => t.watch)) await this.templates?.checkForChanges();
+      await this.templates?.retryDrops();
+      // Watching starts once the first builds are done: it must not race them.
+      if (this.initialBuildsDone && this.config.templates.some((t) => t.watch)) await this.templates?.checkForChanges();
     } catch (err) {
       log.warn(`janitor: ${errorMessage(err)}`);
     } finally {
@@ -207,11 +212,12 @@ export class Sidecar extends EventEmitter {
   }
 
   private async doStop(): Promise<void> {
+    // A build in progress (at start or from watch) is cancelled, so docker stop stays quick.
+    await this.templates?.stop();
     await this.starting?.catch(() => {});
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     await this.subscriber?.close().catch(() => {});
-    await this.templates?.idle(); // a rebuild in progress finishes (or fails) cleanly
     await this.pool?.stop();
     // Wait for a sweep in progress so its queries finish before the connection closes.
     while (this.sweeping) await new Promise((r) => setTimeout(r, 5));

@@ -17,7 +17,9 @@ import { TEST_TUNED_SETTINGS } from './embedded.ts';
 
 const APP_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const SOCKET_DIR = '/var/run/postgresql';
-const SIDECAR_STOP_MS = 10_000;
+/** Docker's default stop timeout is 10 s for both: the sidecar gets part of it. */
+const SIDECAR_STOP_MS = 6_000;
+const SIGNAL_NUMBERS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGTERM: 15 };
 
 const say = (msg: string) => process.stderr.write(`${new Date().toISOString()} pgtestpool-supervisor: ${msg}\n`);
 
@@ -25,7 +27,7 @@ const say = (msg: string) => process.stderr.write(`${new Date().toISOString()} p
 function fileEnv(name: string, fallback = ''): string {
   const file = process.env[`${name}_FILE`];
   if (process.env[name]) return process.env[name]!;
-  if (file) return readFileSync(file, 'utf8').replace(/\n$/, '');
+  if (file) return readFileSync(file, 'utf8').replace(/\n+$/, '');
   return fallback;
 }
 
@@ -67,6 +69,10 @@ class Supervisor {
     this.postgres.once('exit', () => void this.onPostgresExit());
     process.on('SIGINT', () => void this.stop('SIGINT'));
     process.on('SIGTERM', () => void this.stop('SIGTERM'));
+    // SIGHUP reloads PostgreSQL's configuration (docker kill -s HUP); Node would exit on it.
+    process.on('SIGHUP', () => this.postgres.kill('SIGHUP'));
+    process.on('SIGUSR1', () => {});
+    process.on('SIGUSR2', () => {});
     void this.startSidecarWhenReady();
   }
 
@@ -101,8 +107,10 @@ class Supervisor {
       cwd: APP_DIR,
       env,
       stdio: 'inherit',
-      ...postgresUser(),
+      // As root, drop to the postgres user; under `docker run --user`, run as that user.
+      ...(process.getuid?.() === 0 ? postgresUser() : {}),
     });
+    sidecar.once('error', (err) => say(`cannot start the sidecar: ${err.message}`));
     this.sidecar = sidecar;
     sidecar.once('exit', () => {
       if (this.sidecar === sidecar) this.sidecar = null;
@@ -152,13 +160,17 @@ class Supervisor {
   }
 }
 
-/** Like the official entrypoint: `-c x=y` means `postgres -c x=y`; any other command runs as is. */
+/**
+ * Like the official entrypoint: `-c x=y` means `postgres -c x=y`; `postgres --version` and any
+ * other command (bash, psql) run as they are, without the sidecar.
+ */
 function main(argv: string[]): void {
   const args = argv.length === 0 ? ['postgres'] : argv[0]!.startsWith('-') ? ['postgres', ...argv] : argv;
-  if (args[0] !== 'postgres') {
+  const noServer = args.some((a) => ['--help', '-?', '--version', '-V', '--describe-config', '-C'].includes(a));
+  if (args[0] !== 'postgres' || noServer) {
     const child = spawn('docker-entrypoint.sh', args, { stdio: 'inherit' });
-    for (const s of ['SIGINT', 'SIGTERM'] as const) process.on(s, () => child.kill(s));
-    child.once('exit', (code, signal) => process.exit(code ?? (signal ? 128 : 1)));
+    for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, () => child.kill(s));
+    child.once('exit', (code, signal) => process.exit(code ?? 128 + (SIGNAL_NUMBERS[signal ?? ''] ?? 0)));
     return;
   }
   new Supervisor().run(args.slice(1));

@@ -20,7 +20,9 @@ const REASSIGN_OWNER_SQL = readFileSync(path.join(path.dirname(fileURLToPath(imp
 /** Everything that shapes a template: its inputs' names, contents and order, and the server's major. */
 export function templateHash(t: TemplateConfig, steps: BuildStep[], serverMajor: number): string {
   const h = createHash('sha256');
-  h.update(JSON.stringify({ format: BUILD_FORMAT, name: t.name, serverMajor, extensions: t.extensions, owner: t.owner }));
+  // Settings and grants shape the clones, not the template, but ready clones made with old ones
+  // must not survive a change: in the hash, a change retires them.
+  h.update(JSON.stringify({ format: BUILD_FORMAT, name: t.name, serverMajor, extensions: t.extensions, owner: t.owner, settings: t.settings, grants: t.grants }));
   for (const s of steps) {
     h.update(`\0${s.kind}\0${s.display}\0${s.transaction}\0`);
     h.update(stepSql(s));
@@ -28,12 +30,20 @@ export function templateHash(t: TemplateConfig, steps: BuildStep[], serverMajor:
   return h.digest('hex');
 }
 
+/** Settings whose value is a list: each element is quoted on its own (search_path: app, public). */
+const LIST_SETTINGS = new Set(['search_path', 'temp_tablespaces', 'session_preload_libraries', 'local_preload_libraries', 'datestyle']);
+
+function settingValue(name: string, value: string): string {
+  const items = LIST_SETTINGS.has(name.toLowerCase()) ? value.split(',').map((v) => v.trim()).filter(Boolean) : [value];
+  return items.map((v) => pg.escapeLiteral(v)).join(', ');
+}
+
 /** Per-clone SQL that CREATE DATABASE ... TEMPLATE does not copy: settings and grants. */
 export function cloneSetupSql(t: TemplateConfig | undefined, clone: string): string[] {
   if (!t) return [];
   const db = ident(clone);
   return [
-    ...Object.entries(t.settings).map(([k, v]) => `ALTER DATABASE ${db} SET ${ident(k)} = ${pg.escapeLiteral(v)}`),
+    ...Object.entries(t.settings).map(([k, v]) => `ALTER DATABASE ${db} SET ${ident(k)} = ${settingValue(k, v)}`),
     ...Object.entries(t.grants).map(([role, privs]) => `GRANT ${privs.join(', ')} ON DATABASE ${db} TO ${ident(role)}`),
   ];
 }
@@ -70,6 +80,9 @@ export class Templates {
   /** Per watched template: the stat signature and hash last seen, to notice edits cheaply. */
   private readonly seen = new Map<string, { signature: string; hash: string }>();
   private building: Promise<void> = Promise.resolve();
+  private stopping = false;
+  /** The backend running a build's SQL, so stop() can cancel a long one. */
+  private buildPid: number | null = null;
 
   constructor(
     private readonly conn: ConnConfig,
@@ -126,13 +139,19 @@ export class Templates {
    * old version serving until the new one is ready, then switches. A failure marks the template
    * failed with the error and leaves nothing behind (and the old version, if any, serving).
    */
-  async build(v: PendingBuild): Promise<boolean> {
+  async build(v: PendingBuild, stillWanted: () => boolean = () => true): Promise<boolean> {
     const { template: t, dbName } = v;
     const started = performance.now();
     log.info(`template ${JSON.stringify(t.name)}: building ${dbName} from ${v.steps.length} file(s)` +
       (t.extensions.length ? ` and extensions ${t.extensions.join(', ')}` : ''));
     try {
       await this.createAndFill(v);
+      if (!stillWanted()) {
+        // The files changed again (or back) while this version built: it never serves.
+        log.info(`template ${JSON.stringify(t.name)}: ${dbName} is already outdated; discarding it`);
+        await this.dropTemplateDb(dbName);
+        return false;
+      }
       const ms = Math.round(performance.now() - started);
       const { rows } = await this.db.query<{ old: string | null }>(
         `UPDATE pgtestpool.templates n SET state = 'ready', database = $2, hash = $3, error = NULL, owner = $5,
@@ -173,6 +192,7 @@ export class Templates {
     await dropDatabase(this.db, dbName, { template: true }); // a leftover of an interrupted build
     await this.db.query(`CREATE DATABASE ${ident(dbName)}`);
     const client = await connect(forDatabase(this.conn, dbName), 'pgtestpool template build');
+    this.buildPid = (client as unknown as { processID: number }).processID;
     try {
       for (const ext of t.extensions) {
         await client.query(`CREATE EXTENSION IF NOT EXISTS ${ident(ext)} CASCADE`).catch((err) => {
@@ -191,11 +211,22 @@ export class Templates {
         await client.query(`SELECT set_config('pgtestpool.owner', $1, false)`, [t.owner]);
         await client.query(REASSIGN_OWNER_SQL);
       }
+      // The per-clone settings and grants, tried here once: a typo or a missing role fails the
+      // template with PostgreSQL's message instead of every clone, silently, later.
+      for (const sql of cloneSetupSql(t, dbName)) {
+        await client.query(sql).catch((err) => {
+          throw new Error(`settings/grants: ${errorMessage(err)} (in: ${sql.replace(ident(dbName), '<clone>')})`);
+        });
+      }
+      await client.query(`ALTER DATABASE ${ident(dbName)} RESET ALL`);
+      await client.query(`REVOKE ALL ON DATABASE ${ident(dbName)} FROM ${Object.keys(t.grants).map(ident).join(', ') || 'PUBLIC'}`);
       // Frozen and analyzed once here rather than in every clone.
       await client.query('VACUUM (FREEZE, ANALYZE)');
     } finally {
+      this.buildPid = null;
       await client.end().catch(() => {});
     }
+    if (this.stopping) throw new Error('stopped during the build');
     // VACUUM invalidated the relcache init file; a new session writes it again, FILE_COPY copies
     // it into every clone, and each test's first connection is ~3 ms faster for it.
     const warm = await connect(forDatabase(this.conn, dbName), 'pgtestpool template warm-up');
@@ -212,7 +243,7 @@ export class Templates {
    * same way as a failed build.
    */
   async checkForChanges(): Promise<void> {
-    await this.retryDrops();
+    if (this.stopping) return;
     for (const t of this.config.templates) {
       if (!t.watch) continue;
       const { steps, problems } = resolveSources(t, this.config.dir);
@@ -238,13 +269,32 @@ export class Templates {
       }
       log.info(`template ${JSON.stringify(t.name)}: inputs changed; building the new version while the current one serves`);
       await this.db.query(`UPDATE pgtestpool.templates SET state = 'building', updated_at = now() WHERE name = $1`, [t.name]);
-      this.building = this.building.then(() => this.build(v).then(() => {}));
+      this.building = this.building.then(() => this.buildIfStillWanted(v)).catch((err) => {
+        log.error(`template ${JSON.stringify(t.name)}: ${errorMessage(err)}`);
+      });
     }
   }
 
-  /** Resolves once the builds queued so far have finished. */
-  idle(): Promise<void> {
-    return this.building;
+  /**
+   * A queued build runs only if its inputs are still the latest seen (an edit undone or superseded
+   * meanwhile is skipped) and are not already what serves (never rebuild, and so drop, the
+   * database that serves).
+   */
+  private async buildIfStillWanted(v: PendingBuild): Promise<void> {
+    if (this.stopping || this.seen.get(v.template.name)?.hash !== v.hash) return;
+    const { rows } = await this.db.query<{ hash: string | null }>('SELECT hash FROM pgtestpool.templates WHERE name = $1', [v.template.name]);
+    if (rows[0]?.hash === v.hash) {
+      await this.db.query(`UPDATE pgtestpool.templates SET state = 'ready', error = NULL, updated_at = now() WHERE name = $1`, [v.template.name]);
+      return;
+    }
+    await this.build(v, () => this.seen.get(v.template.name)?.hash === v.hash);
+  }
+
+  /** Stop: no more queued builds, and the one running is cancelled (its template rebuilds at the next start). */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    if (this.buildPid !== null) await this.db.query('SELECT pg_cancel_backend($1)', [this.buildPid]).catch(() => {});
+    await this.building;
   }
 
   private async retireClones(template: string, reason: string): Promise<void> {
@@ -275,7 +325,8 @@ export class Templates {
     }
   }
 
-  private async retryDrops(): Promise<void> {
+  /** Old template databases whose drop failed earlier: tried again on every poll. */
+  async retryDrops(): Promise<void> {
     for (const name of [...this.toDrop]) await this.dropTemplateDb(name);
   }
 }

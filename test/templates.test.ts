@@ -158,6 +158,86 @@ describe(`templates (PostgreSQL ${newest.major})`, () => {
     }
   });
 
+  test('owner: partitioned tables, their partitions and identity columns belong to the role too', async () => {
+    await admin.query("DROP ROLE IF EXISTS part_owner; CREATE ROLE part_owner LOGIN PASSWORD 'pw'");
+    const files = { 'schema/1.sql': `CREATE TABLE meas (id bigint GENERATED ALWAYS AS IDENTITY, at date NOT NULL, v int) PARTITION BY RANGE (at);
+CREATE TABLE meas_2024 PARTITION OF meas FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE meas_2025 PARTITION OF meas FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE MATERIALIZED VIEW meas_totals AS SELECT count(*) AS n FROM meas;` };
+    const sc = await startSidecar(server, yaml({ schema: ['schema/*.sql'], owner: 'part_owner', min_ready: 1 }), files);
+    try {
+      const name = await claim(admin);
+      const db = await client(server, name, { user: 'part_owner', password: 'pw' });
+      await db.query("INSERT INTO meas (at, v) VALUES ('2024-05-01', 1), ('2025-05-01', 2)");
+      await db.query('ALTER TABLE meas_2025 ADD CONSTRAINT positive CHECK (v > 0)');
+      await db.query('REFRESH MATERIALIZED VIEW meas_totals');
+      await db.end();
+    } finally {
+      await sc.stop();
+      await resetPool(admin);
+      await admin.query('DROP ROLE part_owner');
+    }
+  });
+
+  test('settings: list settings keep their elements; grants to a missing role fail the template at once', async () => {
+    const files = { 'schema/1.sql': 'CREATE SCHEMA app; CREATE TABLE app.thing (id int);' };
+    const ok = await startSidecar(server, yaml({ schema: ['schema/*.sql'], min_ready: 1, settings: { search_path: 'app, public' } }), files);
+    try {
+      const db = await client(server, await claim(admin));
+      assert.equal((await db.query('SHOW search_path')).rows[0].search_path, 'app, public');
+      await db.query('SELECT * FROM thing');
+      await db.end();
+    } finally {
+      await ok.stop();
+    }
+    const bad = await startSidecar(server, yaml({ schema: ['schema/*.sql'], min_ready: 1, grants: { no_such_role: ['CONNECT'] } }), files);
+    try {
+      await assert.rejects(claim(admin), (err: Error & { detail?: string }) => {
+        assert.match(err.detail ?? '', /settings\/grants: role "no_such_role" does not exist/);
+        return true;
+      });
+    } finally {
+      await bad.stop();
+    }
+  });
+
+  test('a restart with changed settings does not hand out clones made with the old ones', async () => {
+    const files = { 'schema/1.sql': 'CREATE TABLE t (id int);' };
+    const first = await startSidecar(server, yaml({ schema: ['schema/*.sql'], min_ready: 2, settings: { timezone: 'UTC' } }), files);
+    await first.stop();
+    const second = await startSidecar(server, yaml({ schema: ['schema/*.sql'], min_ready: 2, settings: { timezone: 'Asia/Tokyo' } }), files);
+    try {
+      for (let i = 0; i < 3; i++) {
+        const db = await client(server, await claim(admin));
+        assert.equal((await db.query('SHOW timezone')).rows[0].TimeZone, 'Asia/Tokyo');
+        await db.end();
+      }
+    } finally {
+      await second.stop();
+    }
+  });
+
+  test('watch: an edit undone while its build runs never serves', async () => {
+    const v1 = 'CREATE TABLE u (original int); SELECT pg_sleep(0.8);';
+    const sc = await startSidecar(server, yaml({ schema: ['schema/*.sql'], min_ready: 2, watch: true }), { 'schema/1.sql': v1 });
+    const file = path.join(path.dirname(sc.configFile), 'schema/1.sql');
+    try {
+      const serving = (await status(admin)).template_database;
+      writeFileSync(file, 'CREATE TABLE u (edited int); SELECT pg_sleep(0.8);');
+      await waitFor('rebuild started', async () => (await status(admin)).build_state === 'building', 5000);
+      writeFileSync(file, v1);
+      await new Promise((r) => setTimeout(r, 2500)); // the edited version's build ends meanwhile
+      const st = await status(admin);
+      assert.equal(st.template_database, serving, 'still the original version');
+      assert.equal(st.build_state, 'ready');
+      const db = await client(server, await claim(admin));
+      await db.query('SELECT original FROM u');
+      await db.end();
+    } finally {
+      await sc.stop();
+    }
+  });
+
   test('restart with unchanged inputs reuses the template; a changed file rebuilds it', async (t) => {
     const files = { 'schema/1.sql': 'CREATE TABLE a (id int);' };
     const cfg = yaml({ schema: ['schema/*.sql'], min_ready: 4 });

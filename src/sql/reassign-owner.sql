@@ -1,7 +1,8 @@
 -- Run in a freshly built template, as a superuser, after its SQL: gives every object the user's
 -- files created to the template's `owner:` role (read from the setting pgtestpool.owner), so a
 -- test connected as that role owns its clone's tables, sequences, views, functions, types and
--- schemas. Objects that belong to an extension stay with the extension.
+-- schemas. Objects that belong to an extension stay with the extension; rarer kinds (operators,
+-- collations, text search objects, statistics, foreign servers) stay with the builder.
 DO $reassign$
 DECLARE
   owner_role text := current_setting('pgtestpool.owner');
@@ -15,8 +16,9 @@ BEGIN
        AND n.nspowner <> 'pg_database_owner'::regrole
        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e')
     UNION ALL
-    -- Tables, partitioned tables, views, materialized views, sequences, foreign tables. Indexes and
-    -- TOAST follow their table; sequences owned by a column follow theirs.
+    -- Tables (partitioned ones and every partition too), views, materialized views, sequences,
+    -- foreign tables. Indexes and TOAST follow their table, and so do sequences owned by a column
+    -- (serial, identity), which is why those are left out here.
     SELECT format('ALTER %s %I.%I OWNER TO %I',
                   CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE'
                                  WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
@@ -24,7 +26,8 @@ BEGIN
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
        AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_%'
-       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('e', 'a', 'i'))
+       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                          AND (d.deptype = 'e' OR (c.relkind = 'S' AND d.deptype IN ('a', 'i') AND d.refclassid = 'pg_class'::regclass)))
     UNION ALL
     SELECT format('ALTER ROUTINE %s OWNER TO %I', p.oid::regprocedure, owner_role)
       FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
