@@ -62,12 +62,38 @@ CREATE TABLE IF NOT EXISTS pgtestpool.databases (
   dropped_at            timestamptz,
   error                 text
 );
--- The claim's index. No other: the table stays small (rows go once their database is dropped),
--- and every extra index is written on each claim.
+-- The claim's index. No other: the table stays small (a dropped database's row moves to
+-- pgtestpool.dropped), and every extra index is written on each claim.
 CREATE INDEX IF NOT EXISTS databases_ready_idx ON pgtestpool.databases (template, id) WHERE state = 'ready';
 -- Every claim and drop leaves a dead row version: vacuum after a few hundred, not after 20 %.
 ALTER TABLE pgtestpool.databases SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 500,
                                       autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 500);
+
+-- Tombstones: what became of a dropped database, so release_test_db() can say so; kept ten minutes.
+-- A table of their own: the pool's table, scanned on every refill plan, holds only live rows.
+CREATE TABLE IF NOT EXISTS pgtestpool.dropped (
+  id                    bigint PRIMARY KEY,
+  name                  text NOT NULL,
+  template              text NOT NULL,
+  created_at            timestamptz NOT NULL,
+  claimed_at            timestamptz,
+  claimed_pid           integer,
+  claimed_role          text,
+  claimed_application   text,
+  claimed_addr          inet,
+  drop_reason           text,
+  dropped_at            timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dropped_name_idx ON pgtestpool.dropped (name);
+-- Installations from before the move kept tombstones in databases.
+WITH moved AS (
+  DELETE FROM pgtestpool.databases d WHERE d.state = 'dropped'
+  RETURNING d.id, d.name, d.template, d.created_at, d.claimed_at, d.claimed_pid, d.claimed_role,
+            d.claimed_application, d.claimed_addr, d.drop_reason, coalesce(d.dropped_at, now()) AS dropped_at
+)
+INSERT INTO pgtestpool.dropped SELECT * FROM moved ON CONFLICT (id) DO NOTHING;
+-- The time of the last claim of each template whose clones are all gone (for lending).
+ALTER TABLE pgtestpool.templates ADD COLUMN IF NOT EXISTS last_claimed_at timestamptz;
 
 REVOKE ALL ON ALL TABLES IN SCHEMA pgtestpool FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA pgtestpool FROM PUBLIC;
@@ -191,6 +217,10 @@ DECLARE
 BEGIN
   SELECT * INTO db FROM pgtestpool.databases d WHERE d.name = release_test_db.name FOR UPDATE;
   IF NOT FOUND THEN
+    SELECT g.name, 'dropped' AS state, g.drop_reason INTO db.name, db.state, db.drop_reason
+      FROM pgtestpool.dropped g WHERE g.name = release_test_db.name ORDER BY g.id DESC LIMIT 1;
+  END IF;
+  IF db.name IS NULL THEN
     RAISE EXCEPTION 'pgtestpool: % is not a database handed out by claim_test_db()', coalesce(quote_literal(release_test_db.name), 'NULL')
       USING ERRCODE = 'undefined_object',
             HINT = 'pass the exact name claim_test_db() returned (names of databases dropped more than ten minutes ago are forgotten)';
@@ -240,11 +270,18 @@ $$;
 
 -- Who holds what: one row per database the pool manages.
 CREATE OR REPLACE VIEW public.test_dbs AS
-  SELECT d.name, d.template, d.state, d.claimed_pid, d.claimed_role, d.claimed_application, d.claimed_addr,
-         d.claimed_at, clock_timestamp() - d.claimed_at AS claimed_for, d.idle_since, d.drop_reason, d.dropped_at,
-         d.error, d.created_at
-    FROM pgtestpool.databases d
-   ORDER BY d.id;
+  SELECT name, template, state, claimed_pid, claimed_role, claimed_application, claimed_addr,
+         claimed_at, claimed_for, idle_since, drop_reason, dropped_at, error, created_at
+    FROM (SELECT d.id, d.name, d.template, d.state, d.claimed_pid, d.claimed_role, d.claimed_application, d.claimed_addr,
+                 d.claimed_at, clock_timestamp() - d.claimed_at AS claimed_for, d.idle_since, d.drop_reason, d.dropped_at,
+                 d.error, d.created_at
+            FROM pgtestpool.databases d
+          UNION ALL
+          SELECT g.id, g.name, g.template, 'dropped', g.claimed_pid, g.claimed_role, g.claimed_application, g.claimed_addr,
+                 g.claimed_at, NULL::interval, NULL::timestamptz, g.drop_reason, g.dropped_at,
+                 NULL::text, g.created_at
+            FROM pgtestpool.dropped g) x
+   ORDER BY id;
 
 REVOKE ALL ON FUNCTION public.claim_test_db(text), public.release_test_db(text), public.test_db_status() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.claim_test_db(text), public.release_test_db(text), public.test_db_status() TO PUBLIC;
@@ -365,9 +402,10 @@ AS $$
          count(d.id) FILTER (WHERE d.state = 'ready' AND d.source = t.database),
          count(d.id) FILTER (WHERE d.state = 'creating'),
          -- what counts against pool.max_databases, over all templates (also ones removed from the config
-         -- whose claims are still out): every clone that exists or is being made, but not those on their way out
-         (SELECT count(*) FROM pgtestpool.databases a WHERE a.state IN ('ready', 'creating', 'claimed')),
-         max(d.claimed_at),
+         -- whose claims are still out): every clone that exists or is being made, including those
+         -- waiting to be dropped, so memory stays bounded when drops are deferred under demand
+         (SELECT count(*) FROM pgtestpool.databases a WHERE a.state IN ('ready', 'creating', 'claimed', 'dropping')),
+         greatest(max(d.claimed_at), t.last_claimed_at),
          count(d.id) FILTER (WHERE d.state = 'claimed')
     FROM pgtestpool.templates t
     LEFT JOIN pgtestpool.databases d ON d.template = t.name
@@ -404,9 +442,25 @@ AS $$
      AND NOT EXISTS (SELECT 1 FROM pgtestpool.pool_state() p JOIN pgtestpool.templates t ON t.name = p.template
                       WHERE t.state <> 'ready' OR p.ready < p.min_ready)
   ON CONFLICT (key) DO NOTHING;
-  DELETE FROM pgtestpool.databases
-   WHERE (state = 'failed' AND created_at < now() - interval '10 minutes')
-      OR (state = 'dropped' AND dropped_at < now() - interval '10 minutes');
+  DELETE FROM pgtestpool.databases WHERE state = 'failed' AND created_at < now() - interval '10 minutes';
+  DELETE FROM pgtestpool.dropped WHERE dropped_at < now() - interval '10 minutes';
+$$;
+
+-- A drop finished: the row becomes a tombstone.
+CREATE OR REPLACE FUNCTION pgtestpool.mark_dropped(db_name text) RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH gone AS (
+    DELETE FROM pgtestpool.databases d WHERE d.name = db_name AND d.state = 'dropping'
+    RETURNING d.id, d.name, d.template, d.created_at, d.claimed_at, d.claimed_pid, d.claimed_role,
+              d.claimed_application, d.claimed_addr, d.drop_reason, clock_timestamp() AS dropped_at
+  ), tomb AS (
+    INSERT INTO pgtestpool.dropped SELECT * FROM gone
+  )
+  UPDATE pgtestpool.templates t SET last_claimed_at = gone.claimed_at
+    FROM gone
+   WHERE t.name = gone.template AND gone.claimed_at > coalesce(t.last_claimed_at, '-infinity');
 $$;
 
 -- For the image's HEALTHCHECK: 'ok', or why not.

@@ -1,7 +1,7 @@
 // Keeps min_ready clones per template, never more than pool.max_databases in use, and drops what
 // was released or reclaimed. All state is in pgtestpool.databases; this module only holds the
 // set of jobs in flight. A wake() (NOTIFY, poll, finished job) re-plans from the table.
-import pg from 'pg';
+import pg, { escapeLiteral } from 'pg';
 import type { Config, Strategy } from './config.ts';
 import { connect, dropDatabase, forDatabase, ident, type ConnConfig } from './db.ts';
 import { errorMessage, log } from './log.ts';
@@ -30,6 +30,7 @@ export interface PoolOptions {
 }
 
 const MAX_BACKOFF_MS = 30_000;
+const MARK_READY = `UPDATE pgtestpool.databases SET state = 'ready', ready_at = clock_timestamp() WHERE name = $1 AND state = 'creating'`;
 
 export class Pool {
   /** CREATE/DROP run here; a worker connection that dies is replaced by the next job, not reused. */
@@ -172,22 +173,29 @@ export class Pool {
   private async create(job: Extract<Job, { kind: 'create' }>): Promise<void> {
     const started = performance.now();
     const name = ident(job.name);
+    let readyRows = 0;
     try {
       // Born closed: new databases are open to PUBLIC, and nobody may slip in before the REVOKE
       // (a session already connected would outlive it). The claim grants CONNECT to the claimer.
       await this.workers.query(`CREATE DATABASE ${name} TEMPLATE ${ident(job.source)}${this.strategyClause} ALLOW_CONNECTIONS false`);
-      // One round trip: the REVOKE, the template's per-clone settings and grants, then open it.
+      // One round trip, one transaction: the REVOKE, the template's per-clone settings and grants,
+      // open it, and (unless it needs a warm-up first) put it in the pool.
       const template = this.opts.config.templates.find((t) => t.name === job.template);
-      await this.workers.query([
+      const warmUp = this.opts.strategy === 'wal_log';
+      const results = await this.workers.query([
         `REVOKE CONNECT, TEMPORARY ON DATABASE ${name} FROM PUBLIC`,
         ...cloneSetupSql(template, job.name),
         `ALTER DATABASE ${name} ALLOW_CONNECTIONS true`,
+        ...(warmUp ? [] : [MARK_READY.replace('$1', escapeLiteral(job.name))]),
       ].join(';\n'));
-      if (this.opts.strategy === 'wal_log') {
+      if (warmUp) {
         // WAL_LOG does not copy the relcache init file; one connection here builds it, so the
         // test's first connection does not pay for it.
         const warm = await connect(forDatabase(this.opts.conn, job.name), 'pgtestpool warm-up');
         await warm.end();
+        readyRows = (await this.opts.db.query(MARK_READY, [job.name])).rowCount ?? 0;
+      } else {
+        readyRows = (results as unknown as pg.QueryResult[]).at(-1)?.rowCount ?? 0;
       }
     } catch (err) {
       const message = errorMessage(err);
@@ -198,13 +206,9 @@ export class Pool {
       return;
     }
     this.notBefore.delete(`t:${job.template}`);
-    const { rowCount } = await this.opts.db.query(
-      `UPDATE pgtestpool.databases SET state = 'ready', ready_at = clock_timestamp() WHERE name = $1 AND state = 'creating'`,
-      [job.name],
-    );
     const ms = Math.round(performance.now() - started);
-    // rowCount 0: the template was rebuilt meanwhile and the row is already marked for dropping.
-    log.info(`clone ${job.name} created in ${ms} ms${rowCount === 0 ? ' (stale: will be dropped)' : ''}`);
+    // 0 rows: the template was rebuilt meanwhile and the row is already marked for dropping.
+    log.info(`clone ${job.name} created in ${ms} ms${readyRows === 0 ? ' (stale: will be dropped)' : ''}`);
   }
 
   private async drop(job: Extract<Job, { kind: 'drop' }>): Promise<void> {
@@ -217,10 +221,7 @@ export class Pool {
       return;
     }
     this.notBefore.delete(`d:${job.name}`);
-    await this.opts.db.query(
-      `UPDATE pgtestpool.databases SET state = 'dropped', dropped_at = clock_timestamp() WHERE name = $1 AND state = 'dropping'`,
-      [job.name],
-    );
+    await this.opts.db.query('SELECT pgtestpool.mark_dropped($1)', [job.name]);
     log.info(`dropped ${job.name} (${job.reason}) in ${Math.round(performance.now() - started)} ms`);
   }
 
