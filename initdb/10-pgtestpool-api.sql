@@ -138,25 +138,12 @@ AS $fn$
 DECLARE
   tpl      pgtestpool.templates%ROWTYPE;
   claimed  text;
+  owner    text;
   deadline timestamptz;
   nap      float8 := 0.002;
 BEGIN
-  SELECT * INTO tpl FROM pgtestpool.templates t WHERE t.name = claim_test_db.template;
-  IF NOT FOUND THEN
-    RAISE EXCEPTION 'pgtestpool: unknown template %', coalesce(quote_literal(claim_test_db.template), 'NULL')
-      USING ERRCODE = 'undefined_object',
-            HINT = 'known templates: ' || coalesce((SELECT string_agg(quote_literal(t.name), ', ' ORDER BY t.name) FROM pgtestpool.templates t),
-                                                   'none yet (is the pgtestpool sidecar running?)');
-  END IF;
-  deadline := clock_timestamp() + (SELECT value::interval FROM pgtestpool.settings WHERE key = 'claim_timeout');
-
   LOOP
-    IF tpl.database IS NULL AND tpl.state = 'failed' THEN
-      RAISE EXCEPTION 'pgtestpool: template % failed to build', quote_literal(tpl.name)
-        USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = tpl.error,
-              HINT = 'fix the template''s files; the sidecar log and test_db_status() show the error';
-    END IF;
-
+    -- The fast path is this one statement; the template is only looked at when it finds nothing.
     -- SKIP LOCKED: concurrent claimers each take a different row instead of queueing on one.
     UPDATE pgtestpool.databases d
        SET state = 'claimed',
@@ -167,10 +154,12 @@ BEGIN
            claimed_application = current_setting('application_name'),
            claimed_addr = inet_client_addr()
      WHERE d.id = (SELECT c.id FROM pgtestpool.databases c
-                    WHERE c.template = tpl.name AND c.state = 'ready' AND c.source = tpl.database
+                    WHERE c.template = claim_test_db.template AND c.state = 'ready'
+                      -- only clones of the version being served, never of a replaced one
+                      AND c.source = (SELECT t.database FROM pgtestpool.templates t WHERE t.name = claim_test_db.template)
                     ORDER BY c.id LIMIT 1
                       FOR UPDATE SKIP LOCKED)
-    RETURNING d.name INTO claimed;
+    RETURNING d.name, (SELECT t.owner FROM pgtestpool.templates t WHERE t.name = d.template) INTO claimed, owner;
 
     IF claimed IS NOT NULL THEN
       -- Clones are created without PUBLIC connect rights: only the claimer (and superusers) get in.
@@ -179,20 +168,36 @@ BEGIN
       END IF;
       -- The template's owner: role owns its objects; the claimed clone becomes its own only now,
       -- so that role never reaches ready clones (a database's owner may always connect to it).
-      IF tpl.owner IS NOT NULL THEN
-        EXECUTE format('ALTER DATABASE %I OWNER TO %I', claimed, tpl.owner);
+      IF owner IS NOT NULL THEN
+        EXECUTE format('ALTER DATABASE %I OWNER TO %I', claimed, owner);
       END IF;
-      PERFORM pg_notify('pgtestpool', json_build_object('event', 'claim', 'template', tpl.name, 'database', claimed,
+      PERFORM pg_notify('pgtestpool', json_build_object('event', 'claim', 'template', claim_test_db.template, 'database', claimed,
                                                         'pid', pg_backend_pid(), 'role', session_user,
                                                         'application', current_setting('application_name'))::text);
       RETURN claimed;
     END IF;
 
+    -- Nothing ready: say why at once when waiting cannot help, else wait for the refill.
+    SELECT * INTO tpl FROM pgtestpool.templates t WHERE t.name = claim_test_db.template;
+    IF NOT FOUND THEN
+      RAISE EXCEPTION 'pgtestpool: unknown template %', coalesce(quote_literal(claim_test_db.template), 'NULL')
+        USING ERRCODE = 'undefined_object',
+              HINT = 'known templates: ' || coalesce((SELECT string_agg(quote_literal(t.name), ', ' ORDER BY t.name) FROM pgtestpool.templates t),
+                                                     'none yet (is the pgtestpool sidecar running?)');
+    END IF;
+    IF tpl.database IS NULL AND tpl.state = 'failed' THEN
+      RAISE EXCEPTION 'pgtestpool: template % failed to build', quote_literal(tpl.name)
+        USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = tpl.error,
+              HINT = 'fix the template''s files; the sidecar log and test_db_status() show the error';
+    END IF;
     -- Under REPEATABLE READ or SERIALIZABLE the snapshot never shows new clones: waiting is futile.
     IF current_setting('transaction_isolation') <> 'read committed' THEN
       RAISE EXCEPTION 'pgtestpool: no ready database for template % and this transaction cannot see new ones', quote_literal(tpl.name)
         USING ERRCODE = 'lock_not_available', DETAIL = 'transaction isolation is ' || current_setting('transaction_isolation'),
               HINT = 'call claim_test_db() outside the transaction, or in a READ COMMITTED one';
+    END IF;
+    IF deadline IS NULL THEN
+      deadline := clock_timestamp() + (SELECT value::interval FROM pgtestpool.settings WHERE key = 'claim_timeout');
     END IF;
     IF clock_timestamp() >= deadline THEN
       RAISE EXCEPTION 'pgtestpool: no ready database for template % within %', quote_literal(tpl.name),
@@ -203,7 +208,6 @@ BEGIN
     -- The sidecar refills on the claims' NOTIFY (and polls); this wait only covers a drained pool.
     PERFORM pg_sleep(nap);
     nap := least(nap * 2, 0.02);
-    SELECT * INTO tpl FROM pgtestpool.templates t WHERE t.name = tpl.name;
   END LOOP;
 END
 $fn$;
