@@ -140,6 +140,9 @@ DECLARE
   claimed  text;
   owner    text;
   deadline timestamptz;
+  waiting_for bigint;
+  waited   timestamptz;
+  caller_lock_timeout text;
   nap      float8 := 0.002;
 BEGIN
   LOOP
@@ -205,7 +208,26 @@ BEGIN
         USING ERRCODE = 'lock_not_available', DETAIL = 'pool: ' || pgtestpool.pool_summary(tpl.name),
               HINT = 'release databases with release_test_db(name) or close the claiming sessions, raise min_ready or pool.max_databases, or check the sidecar log';
     END IF;
-    -- The sidecar refills on the claims' NOTIFY (and polls); this wait only covers a drained pool.
+    -- A clone is being made: the sidecar holds its row lock until the clone is ready, so wait on
+    -- that lock and wake the moment it commits. The lock is taken in a subtransaction that is then
+    -- rolled back, which lets it go at once: holding it would stall the sidecar.
+    SELECT c.id INTO waiting_for FROM pgtestpool.databases c
+     WHERE c.template = tpl.name AND c.state = 'creating' AND c.source = tpl.database
+     ORDER BY c.id LIMIT 1;
+    IF FOUND THEN
+      waited := clock_timestamp();
+      caller_lock_timeout := current_setting('lock_timeout');
+      BEGIN
+        PERFORM set_config('lock_timeout', greatest(1, ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000))::bigint || 'ms', true);
+        PERFORM 1 FROM pgtestpool.databases c WHERE c.id = waiting_for FOR UPDATE;
+        RAISE EXCEPTION USING ERRCODE = 'PT001';  -- not an error: releases the lock
+      EXCEPTION WHEN lock_not_available OR SQLSTATE 'PT001' THEN NULL;
+      END;
+      PERFORM set_config('lock_timeout', caller_lock_timeout, true);
+      -- Waited: a clone was just made, claim again. Not held yet (the sidecar is about to): nap below.
+      CONTINUE WHEN clock_timestamp() - waited > interval '200 microseconds';
+    END IF;
+    -- The sidecar refills on the claims' NOTIFY (and polls); this nap covers a pool with nothing in the making.
     PERFORM pg_sleep(nap);
     nap := least(nap * 2, 0.02);
   END LOOP;

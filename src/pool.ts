@@ -33,7 +33,10 @@ const MAX_BACKOFF_MS = 30_000;
 const MARK_READY = `UPDATE pgtestpool.databases SET state = 'ready', ready_at = clock_timestamp() WHERE name = $1 AND state = 'creating'`;
 
 export class Pool {
-  /** CREATE/DROP run here; a worker connection that dies is replaced by the next job, not reused. */
+  /**
+   * CREATE/DROP run here, and each create's row-lock holder (hence twice the concurrency); a worker
+   * connection that dies is replaced by the next job, not reused.
+   */
   private readonly workers: pg.Pool;
   private readonly inFlight = new Map<string, Promise<void>>();
   /** Template or database name -> time before which it is not retried, after a failure. */
@@ -46,7 +49,7 @@ export class Pool {
 
   constructor(private readonly opts: PoolOptions) {
     this.strategyClause = opts.strategy ? ` STRATEGY ${opts.strategy.toUpperCase()}` : '';
-    this.workers = new pg.Pool({ ...opts.conn, application_name: 'pgtestpool worker', max: opts.config.pool.concurrency, idleTimeoutMillis: 0 });
+    this.workers = new pg.Pool({ ...opts.conn, application_name: 'pgtestpool worker', max: 2 * opts.config.pool.concurrency, idleTimeoutMillis: 0 });
     this.workers.on('error', (err) => log.warn(`worker connection: ${errorMessage(err)}`));
   }
 
@@ -174,36 +177,46 @@ export class Pool {
     const started = performance.now();
     const name = ident(job.name);
     let readyRows = 0;
+    // The row lock is held from before CREATE until the clone is ready: a claim that finds the pool
+    // empty waits on it (see claim_test_db) and wakes the moment the clone commits, instead of polling.
+    const holder = await this.workers.connect();
+    let holding = false;
+    let failed = false;
     try {
+      await holder.query(`BEGIN; SELECT 1 FROM pgtestpool.databases WHERE name = ${escapeLiteral(job.name)} FOR UPDATE`);
+      holding = true;
       // Born closed: new databases are open to PUBLIC, and nobody may slip in before the REVOKE
       // (a session already connected would outlive it). The claim grants CONNECT to the claimer.
       await this.workers.query(`CREATE DATABASE ${name} TEMPLATE ${ident(job.source)}${this.strategyClause} ALLOW_CONNECTIONS false`);
-      // One round trip, one transaction: the REVOKE, the template's per-clone settings and grants,
-      // open it, and (unless it needs a warm-up first) put it in the pool.
+      // The REVOKE, the template's per-clone settings and grants, then open it.
       const template = this.opts.config.templates.find((t) => t.name === job.template);
-      const warmUp = this.opts.strategy === 'wal_log';
-      const results = await this.workers.query([
-        `REVOKE CONNECT, TEMPORARY ON DATABASE ${name} FROM PUBLIC`,
-        ...cloneSetupSql(template, job.name),
-        `ALTER DATABASE ${name} ALLOW_CONNECTIONS true`,
-        ...(warmUp ? [] : [MARK_READY.replace('$1', escapeLiteral(job.name))]),
-      ].join(';\n'));
-      if (warmUp) {
+      const setup = [`REVOKE CONNECT, TEMPORARY ON DATABASE ${name} FROM PUBLIC`, ...cloneSetupSql(template, job.name), `ALTER DATABASE ${name} ALLOW_CONNECTIONS true`];
+      const ready = MARK_READY.replace('$1', escapeLiteral(job.name));
+      let results: pg.QueryResult[];
+      if (this.opts.strategy === 'wal_log') {
         // WAL_LOG does not copy the relcache init file; one connection here builds it, so the
-        // test's first connection does not pay for it.
+        // test's first connection does not pay for it. It needs the opening committed first.
+        await this.workers.query(setup.join(';\n'));
         const warm = await connect(forDatabase(this.opts.conn, job.name), 'pgtestpool warm-up');
         await warm.end();
-        readyRows = (await this.opts.db.query(MARK_READY, [job.name])).rowCount ?? 0;
+        results = (await holder.query(`${ready}; COMMIT`)) as unknown as pg.QueryResult[];
       } else {
-        readyRows = (results as unknown as pg.QueryResult[]).at(-1)?.rowCount ?? 0;
+        // One round trip and one transaction: opened, ready and unlocked together.
+        results = (await holder.query([...setup, ready, 'COMMIT'].join(';\n'))) as unknown as pg.QueryResult[];
       }
+      holding = false;
+      readyRows = results.at(-2)?.rowCount ?? 0;
     } catch (err) {
       const message = errorMessage(err);
+      failed = true;
+      if (holding) await holder.query('ROLLBACK').catch(() => {});
       await dropDatabase(this.workers, job.name).catch(() => {});
       await this.opts.db.query(`UPDATE pgtestpool.databases SET state = 'failed', error = $2 WHERE name = $1`, [job.name, message]);
       const delay = this.backoff(`t:${job.template}`);
       log.error(`clone ${job.name} of template ${JSON.stringify(job.template)} failed: ${message} (retrying in ${delay} ms)`);
       return;
+    } finally {
+      holder.release(failed); // after a failure, a fresh connection next time
     }
     this.notBefore.delete(`t:${job.template}`);
     const ms = Math.round(performance.now() - started);
