@@ -117,6 +117,7 @@ export class Templates {
       if (row && row.state === 'ready' && row.hash === v.hash && row.database === v.dbName && row.exists) {
         await this.db.query('UPDATE pgtestpool.templates SET min_ready = $2, owner = $3, updated_at = now() WHERE name = $1', [t.name, t.minReady, t.owner]);
         log.info(`template ${JSON.stringify(t.name)}: reusing ${v.dbName} (inputs unchanged)`);
+        await this.rewarm(v.dbName);
         continue;
       }
       // A stale or missing version is not served while its replacement builds: tests right after
@@ -234,6 +235,31 @@ export class Templates {
     // Cloning fails while anyone is connected to the source, so nobody may connect to it.
     await this.db.query(`ALTER DATABASE ${ident(dbName)} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false`);
     await this.db.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1`, [dbName]);
+  }
+
+  /**
+   * A server restart deletes every database's relcache init file, templates included, and without
+   * it each clone's first connection costs ~7 ms more. Runs before the pool clones anything.
+   */
+  private async rewarm(dbName: string): Promise<void> {
+    const { rows } = await this.db
+      .query<{ missing: boolean }>(
+        `SELECT (pg_stat_file(format('base/%s/pg_internal.init', oid), true)).size IS NULL AS missing FROM pg_database WHERE datname = $1`,
+        [dbName],
+      )
+      .catch((err) => {
+        log.debug(`cannot check ${dbName}'s relcache init file: ${errorMessage(err)}`); // pg_stat_file needs superuser
+        return { rows: [] as { missing: boolean }[] };
+      });
+    if (!rows[0]?.missing) return;
+    await this.db.query(`ALTER DATABASE ${ident(dbName)} WITH ALLOW_CONNECTIONS true`);
+    try {
+      const warm = await connect(forDatabase(this.conn, dbName), 'pgtestpool template warm-up');
+      await warm.end();
+      log.info(`template ${dbName}: relcache init file rebuilt (the server restarted since the build)`);
+    } finally {
+      await this.db.query(`ALTER DATABASE ${ident(dbName)} WITH ALLOW_CONNECTIONS false`);
+    }
   }
 
   /**

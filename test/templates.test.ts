@@ -2,7 +2,7 @@
 // per-clone settings and grants, the owner role, content-hash reuse, live rebuild with `watch`,
 // several templates at once, and the real pagila dumps on every installed major.
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type pg from 'pg';
@@ -263,6 +263,34 @@ CREATE MATERIALIZED VIEW meas_totals AS SELECT count(*) AS n FROM meas;` };
       await db.end();
     } finally {
       await third.stop();
+    }
+  });
+
+  test('a reused template whose relcache init file is gone (server restart) gets it back before cloning', async () => {
+    const files = { 'schema/1.sql': 'CREATE TABLE rewarm (id int);' };
+    const cfg = yaml({ schema: ['schema/*.sql'], min_ready: 1 });
+    const initFile = async () => {
+      const { rows } = await admin.query<{ oid: number; size: string | null }>(
+        `SELECT oid, (pg_stat_file(format('base/%s/pg_internal.init', oid), true)).size AS size FROM pg_database WHERE datname = $1`,
+        [(await status(admin)).template_database]);
+      return rows[0]!;
+    };
+    const first = await startSidecar(server, cfg, files);
+    const built = await initFile();
+    await first.stop();
+    assert.ok(built.size !== null, 'the build leaves the init file in the template');
+    // What a restart does (RelationCacheInitFileRemove), without restarting the shared server.
+    rmSync(path.join(server.dataDir, 'base', String(built.oid), 'pg_internal.init'));
+    assert.equal((await initFile()).size, null);
+    const second = await startSidecar(server, cfg, files);
+    try {
+      const rewarmed = await initFile();
+      assert.equal(rewarmed.oid, built.oid, 'reused, not rebuilt');
+      assert.ok(rewarmed.size !== null, 'the init file is back, so clones copy it');
+      const { rows } = await admin.query<{ datallowconn: boolean }>('SELECT datallowconn FROM pg_database WHERE oid = $1', [rewarmed.oid]);
+      assert.equal(rows[0]!.datallowconn, false, 'closed to connections again');
+    } finally {
+      await second.stop();
     }
   });
 
