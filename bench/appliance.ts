@@ -8,6 +8,7 @@ import { ident } from '../src/db.ts';
 import type { EmbeddedServer } from '../src/embedded.ts';
 import { quiescent, sleep, spawnSidecar } from './sidecar.ts';
 import { ms, summary, table } from './stats.ts';
+import { open } from './strategies.ts';
 import { TEMPLATES, type TemplateName } from './workload.ts';
 
 type Summary = ReturnType<typeof summary>;
@@ -36,14 +37,8 @@ const POOL: Record<TemplateName, number> = { example: 200, pagila: 80 };
 const CLAIMS = 200;
 const RAW = 60;
 
-async function clients(server: EmbeddedServer, n: number): Promise<pg.Client[]> {
-  return Promise.all(
-    Array.from({ length: n }, async () => {
-      const c = new pg.Client({ ...server.clientConfig('postgres'), application_name: 'bench claims' });
-      await c.connect();
-      return c;
-    }),
-  );
+function clients(server: EmbeddedServer, n: number): Promise<pg.Client[]> {
+  return Promise.all(Array.from({ length: n }, () => open(server, 'postgres', 'bench claims')));
 }
 
 /** `total` claims spread over the clients, as fast as they go; returns each call's latency and the names. */

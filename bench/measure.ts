@@ -13,16 +13,13 @@ import { ident } from '../src/db.ts';
 import { startEmbedded, type EmbeddedServer } from '../src/embedded.ts';
 import { setQuiet } from '../src/log.ts';
 import { Sidecar } from '../src/sidecar.ts';
+import { pct } from './stats.ts';
 
 setQuiet(true);
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const ROUNDS = Number(process.env.ROUNDS ?? 5);
 
 const ms = (t0: number) => performance.now() - t0;
-function pct(values: number[], p: number): number {
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
-}
 const fmt = (v: number) => (v < 1 ? v.toFixed(3) : v < 10 ? v.toFixed(2) : v.toFixed(1));
 const row = (label: string, values: number[]) =>
   console.log(`${label.padEnd(44)} median ${fmt(pct(values, 50)).padStart(7)} ms   p95 ${fmt(pct(values, 95)).padStart(7)} ms   p99 ${fmt(pct(values, 99)).padStart(7)} ms   (n=${values.length})`);

@@ -8,10 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
-import { ident } from '../src/db.ts';
-import { startEmbedded, type EmbeddedServer } from '../src/embedded.ts';
+import { startEmbedded } from '../src/embedded.ts';
 import { setQuiet } from '../src/log.ts';
-import { runSqlFile } from '../src/sqlscript.ts';
 import type { PgliteStrategy } from './pglite.ts';
 import { measureAppliance, type ApplianceFigures } from './appliance.ts';
 import { quiescent, spawnSidecar, type SidecarProcess } from './sidecar.ts';
@@ -171,28 +169,14 @@ function makeStrategies(ids: string[]): Strategy[] {
   return ids.filter((id) => id !== 'pglite').map((id) => make[id]!());
 }
 
-/** The competitors' template: the same files, vacuumed, its relcache init file built, closed to connections. */
-async function buildBenchTemplate(server: EmbeddedServer, t: TemplateName): Promise<string> {
-  const name = `bench_tpl_${t}`;
-  const admin = new pg.Client(server.clientConfig('postgres'));
-  await admin.connect();
-  try {
-    await admin.query(`DROP DATABASE IF EXISTS ${ident(name)}`);
-    await admin.query(`CREATE DATABASE ${ident(name)}`);
-    for (let pass = 0; pass < 2; pass++) {
-      const db = new pg.Client(server.clientConfig(name));
-      await db.connect();
-      if (pass === 0) {
-        for (const f of TEMPLATES[t].files) await runSqlFile(db, f);
-        await db.query('VACUUM ANALYZE');
-      }
-      await db.end(); // the second connection writes pg_internal.init, which clones then copy
-    }
-    await admin.query(`ALTER DATABASE ${ident(name)} WITH ALLOW_CONNECTIONS false`);
-  } finally {
-    await admin.end();
-  }
-  return name;
+/**
+ * The competitors clone the very template database the appliance built (same files, vacuumed,
+ * its relcache init file in place, closed to connections), so every strategy starts from the same bytes.
+ */
+async function applianceTemplate(admin: pg.Client, t: TemplateName): Promise<string> {
+  const { rows } = await admin.query<{ database: string | null }>(`SELECT database FROM pgtestpool.templates WHERE name = $1 AND state = 'ready'`, [t]);
+  if (!rows[0]?.database) throw new Error(`template ${t} is not built: see the sidecar log in the results folder`);
+  return rows[0].database;
 }
 
 function cellSummary(id: string, label: string, isolation: StrategyCell['isolation'], segs: SegmentResult[], n: number): StrategyCell {
@@ -311,7 +295,7 @@ async function main(): Promise<void> {
     await quiescent(admin, opts.templates);
 
     const templateDbs = new Map<TemplateName, string>();
-    for (const t of opts.templates) templateDbs.set(t, await buildBenchTemplate(server, t));
+    for (const t of opts.templates) templateDbs.set(t, await applianceTemplate(admin, t));
     if (opts.strategies.includes('pglite')) {
       const { PgliteStrategy } = await import('./pglite.ts'); // loads the WASM only when asked for
       for (const t of opts.templates) {

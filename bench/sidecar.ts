@@ -22,11 +22,7 @@ export async function spawnSidecar(server: EmbeddedServer, yaml: string, logFile
     cwd: ROOT,
     env: {
       ...process.env,
-      PGHOST: server.host,
-      PGPORT: String(server.port),
-      PGUSER: 'postgres',
-      PGPASSWORD: server.password,
-      PGDATABASE: 'postgres',
+      ...server.libpqEnv(),
       PGTESTPOOL_CONFIG: path.join(dir, 'config.yaml'),
     },
     stdio: ['ignore', 'pipe', 'pipe'],

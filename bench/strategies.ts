@@ -36,7 +36,7 @@ export interface Strategy {
 
 const now = () => performance.now();
 
-async function open(server: EmbeddedServer, database: string, application: string): Promise<pg.Client> {
+export async function open(server: EmbeddedServer, database: string, application: string): Promise<pg.Client> {
   const c = new pg.Client({ ...server.clientConfig(database), application_name: application });
   await c.connect();
   return c;
@@ -107,25 +107,23 @@ export class PgtestpoolStrategy extends WithControl {
   }
 }
 
-/** 2. CREATE DATABASE ... TEMPLATE per test, then DROP. */
-export class CloneStrategy extends WithControl {
-  readonly id: string;
-  readonly label: string;
-  constructor(private readonly strategy: 'wal_log' | 'file_copy') {
-    super();
-    this.id = `clone-${strategy}`;
-    this.label = `template clone per test (${strategy.toUpperCase()})`;
-  }
+/**
+ * A database made for one test and dropped after it: `create` is the CREATE DATABASE statement,
+ * `prepare` what runs on the new database before the test may start (the setup timing ends after it).
+ */
+abstract class DatabasePerTest extends WithControl {
+  protected abstract createSql(name: string): string;
+  protected abstract prepare(db: pg.Client): Promise<void>;
 
   async one(i: number, slot: number): Promise<TestTiming> {
     const name = this.freshName();
     const t0 = now();
-    await this.ctl(slot).query(`CREATE DATABASE ${ident(name)} TEMPLATE ${ident(this.cell.templateDb)} STRATEGY ${this.strategy.toUpperCase()}`);
+    await this.ctl(slot).query(this.createSql(name));
     try {
       const db = await open(this.cell.server, name, 'bench test');
       let t2: number, t3: number;
       try {
-        await db.query('SELECT 1');
+        await this.prepare(db);
         t2 = now();
         await runWorkload(db, this.cell.spec.name, i);
         t3 = now();
@@ -141,33 +139,59 @@ export class CloneStrategy extends WithControl {
   }
 }
 
+/** 2. CREATE DATABASE ... TEMPLATE per test, then DROP. */
+export class CloneStrategy extends DatabasePerTest {
+  readonly id: string;
+  readonly label: string;
+  constructor(private readonly strategy: 'wal_log' | 'file_copy') {
+    super();
+    this.id = `clone-${strategy}`;
+    this.label = `template clone per test (${strategy.toUpperCase()})`;
+  }
+
+  protected createSql(name: string): string {
+    return `CREATE DATABASE ${ident(name)} TEMPLATE ${ident(this.cell.templateDb)} STRATEGY ${this.strategy.toUpperCase()}`;
+  }
+
+  protected async prepare(db: pg.Client): Promise<void> {
+    await db.query('SELECT 1');
+  }
+}
+
 /** 3. CREATE DATABASE, apply the schema (and fixture data) files, test, DROP. */
-export class FreshSchemaStrategy extends WithControl {
+export class FreshSchemaStrategy extends DatabasePerTest {
   readonly id = 'fresh-schema';
   readonly label = 'fresh database + schema per test';
 
-  async one(i: number, slot: number): Promise<TestTiming> {
-    const name = this.freshName();
-    const t0 = now();
-    await this.ctl(slot).query(`CREATE DATABASE ${ident(name)}`);
-    try {
-      const db = await open(this.cell.server, name, 'bench test');
-      let t2: number, t3: number;
-      try {
-        for (const f of this.cell.spec.files) await runSqlFile(db, f);
-        await db.query('RESET ALL'); // dumps set search_path for the session; a test starts clean
-        t2 = now();
-        await runWorkload(db, this.cell.spec.name, i);
-        t3 = now();
-      } finally {
-        await db.end().catch(() => {});
-      }
-      await this.ctl(slot).query(`DROP DATABASE ${ident(name)}`);
-      return { setupMs: t2 - t0, testMs: t3 - t2, teardownMs: now() - t3 };
-    } catch (err) {
-      await this.ctl(slot).query(`DROP DATABASE IF EXISTS ${ident(name)} WITH (FORCE)`).catch(() => {});
-      throw err;
+  protected createSql(name: string): string {
+    return `CREATE DATABASE ${ident(name)}`;
+  }
+
+  protected async prepare(db: pg.Client): Promise<void> {
+    for (const f of this.cell.spec.files) await runSqlFile(db, f);
+    await db.query('RESET ALL'); // dumps set search_path for the session; a test starts clean
+  }
+}
+
+/** Clones of the cell's template made once per segment (outside the timing) and their removal. */
+async function cloneTemplate(cell: Cell, names: string[]): Promise<void> {
+  const admin = await open(cell.server, 'postgres', 'bench setup');
+  try {
+    for (const name of names) {
+      await admin.query(`DROP DATABASE IF EXISTS ${ident(name)}`);
+      await admin.query(`CREATE DATABASE ${ident(name)} TEMPLATE ${ident(cell.templateDb)} STRATEGY FILE_COPY`);
     }
+  } finally {
+    await admin.end();
+  }
+}
+
+async function dropAll(cell: Cell, names: string[]): Promise<void> {
+  const admin = await open(cell.server, 'postgres', 'bench teardown');
+  try {
+    for (const name of names) await admin.query(`DROP DATABASE IF EXISTS ${ident(name)} WITH (FORCE)`);
+  } finally {
+    await admin.end();
   }
 }
 
@@ -185,17 +209,9 @@ export class TruncateStrategy implements Strategy {
 
   async before(cell: Cell): Promise<void> {
     this.cell = cell;
-    const admin = await open(cell.server, 'postgres', 'bench truncate setup');
-    try {
-      for (let s = 0; s < cell.concurrency; s++) {
-        const name = `bench_truncate_${process.pid}_${s}`;
-        await admin.query(`DROP DATABASE IF EXISTS ${ident(name)}`);
-        await admin.query(`CREATE DATABASE ${ident(name)} TEMPLATE ${ident(cell.templateDb)} STRATEGY FILE_COPY`);
-        this.dbs.push({ name, client: await open(cell.server, name, 'bench test') });
-      }
-    } finally {
-      await admin.end();
-    }
+    const names = Array.from({ length: cell.concurrency }, (_, s) => `bench_truncate_${process.pid}_${s}`);
+    await cloneTemplate(cell, names);
+    this.dbs = await Promise.all(names.map(async (name) => ({ name, client: await open(cell.server, name, 'bench test') })));
     // Every table the schema made (partitioned parents cover their partitions).
     const { rows } = await this.dbs[0]!.client.query<{ list: string }>(
       `SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ') AS list
@@ -226,12 +242,7 @@ export class TruncateStrategy implements Strategy {
 
   async after(): Promise<void> {
     await Promise.all(this.dbs.map((d) => d.client.end().catch(() => {})));
-    const admin = await open(this.cell.server, 'postgres', 'bench truncate teardown');
-    try {
-      for (const d of this.dbs) await admin.query(`DROP DATABASE IF EXISTS ${ident(d.name)} WITH (FORCE)`);
-    } finally {
-      await admin.end();
-    }
+    await dropAll(this.cell, this.dbs.map((d) => d.name));
     this.dbs = [];
   }
 }
@@ -248,13 +259,7 @@ export class RollbackStrategy implements Strategy {
   async before(cell: Cell): Promise<void> {
     this.cell = cell;
     this.name = `bench_rollback_${process.pid}`;
-    const admin = await open(cell.server, 'postgres', 'bench rollback setup');
-    try {
-      await admin.query(`DROP DATABASE IF EXISTS ${ident(this.name)}`);
-      await admin.query(`CREATE DATABASE ${ident(this.name)} TEMPLATE ${ident(cell.templateDb)} STRATEGY FILE_COPY`);
-    } finally {
-      await admin.end();
-    }
+    await cloneTemplate(cell, [this.name]);
     this.clients = await Promise.all(Array.from({ length: cell.concurrency }, () => open(cell.server, this.name, 'bench test')));
   }
 
@@ -276,11 +281,6 @@ export class RollbackStrategy implements Strategy {
   async after(): Promise<void> {
     await Promise.all(this.clients.map((c) => c.end().catch(() => {})));
     this.clients = [];
-    const admin = await open(this.cell.server, 'postgres', 'bench rollback teardown');
-    try {
-      await admin.query(`DROP DATABASE IF EXISTS ${ident(this.name)} WITH (FORCE)`);
-    } finally {
-      await admin.end();
-    }
+    await dropAll(this.cell, [this.name]);
   }
 }
