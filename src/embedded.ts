@@ -31,6 +31,8 @@ export interface EmbeddedServer {
   readonly password: string;
   clientConfig(database?: string): ClientConfig;
   url(database?: string): string;
+  /** PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE: for a child process (the sidecar) attaching to this server. */
+  libpqEnv(database?: string): Record<string, string>;
   stop(): Promise<void>;
 }
 
@@ -393,6 +395,10 @@ class Server implements EmbeddedServer {
 
   clientConfig(database = 'postgres'): ClientConfig {
     return { host: HOST, port: this.port, user: 'postgres', password: this.password, database };
+  }
+
+  libpqEnv(database = 'postgres'): Record<string, string> {
+    return { PGHOST: HOST, PGPORT: String(this.port), PGUSER: 'postgres', PGPASSWORD: this.password, PGDATABASE: database };
   }
 
   url(database = 'postgres'): string {

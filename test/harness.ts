@@ -169,11 +169,7 @@ export function spawnSidecar(server: EmbeddedServer, configFile: string, env: Re
     cwd: ROOT,
     env: {
       ...process.env,
-      PGHOST: server.host,
-      PGPORT: String(server.port),
-      PGUSER: 'postgres',
-      PGPASSWORD: server.password,
-      PGDATABASE: 'postgres',
+      ...server.libpqEnv(),
       PGTESTPOOL_CONFIG: configFile,
       PGTESTPOOL_LOG: '',
       ...env,
