@@ -85,6 +85,8 @@ CREATE TABLE IF NOT EXISTS pgtestpool.dropped (
   dropped_at            timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dropped_name_idx ON pgtestpool.dropped (name);
+-- The heartbeat expires tombstones every poll: without this it would scan them all each time.
+CREATE INDEX IF NOT EXISTS dropped_at_idx ON pgtestpool.dropped (dropped_at);
 -- Installations from before the move kept tombstones in databases.
 WITH moved AS (
   DELETE FROM pgtestpool.databases d WHERE d.state = 'dropped'

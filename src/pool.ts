@@ -30,7 +30,9 @@ export interface PoolOptions {
 }
 
 const MAX_BACKOFF_MS = 30_000;
-const MARK_READY = `UPDATE pgtestpool.databases SET state = 'ready', ready_at = clock_timestamp() WHERE name = $1 AND state = 'creating'`;
+/** As a literal statement: it shares a multi-statement round trip, which cannot take parameters. */
+const markReadySql = (name: string) =>
+  `UPDATE pgtestpool.databases SET state = 'ready', ready_at = clock_timestamp() WHERE name = ${escapeLiteral(name)} AND state = 'creating'`;
 
 export class Pool {
   /**
@@ -191,7 +193,7 @@ export class Pool {
       // The REVOKE, the template's per-clone settings and grants, then open it.
       const template = this.opts.config.templates.find((t) => t.name === job.template);
       const setup = [`REVOKE CONNECT, TEMPORARY ON DATABASE ${name} FROM PUBLIC`, ...cloneSetupSql(template, job.name), `ALTER DATABASE ${name} ALLOW_CONNECTIONS true`];
-      const ready = MARK_READY.replace('$1', escapeLiteral(job.name));
+      const ready = markReadySql(job.name);
       let results: pg.QueryResult[];
       if (this.opts.strategy === 'wal_log') {
         // WAL_LOG does not copy the relcache init file; one connection here builds it, so the
