@@ -5,7 +5,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-export const PAGILA_DIR = path.resolve(ROOT, '..', 'shared', 'fixtures', 'pagila');
+export const PAGILA_DIR = path.join(ROOT, 'test', 'fixtures', 'pagila');
 
 export interface Queryable {
   query(sql: string, params?: unknown[]): Promise<{ rows: any[] }>;

@@ -13,8 +13,8 @@ import { listPostgresInstalls, type PgInstall } from '../src/pgbin.ts';
 import { Sidecar } from '../src/sidecar.ts';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-/** Real pg_dump output to test with: shared/ sits beside the repository (also in CI). */
-export const PAGILA_DIR = path.resolve(ROOT, '..', 'shared', 'fixtures', 'pagila');
+/** Real pg_dump output to test with, kept in the repository (test/fixtures/pagila/README.md). */
+export const PAGILA_DIR = path.join(ROOT, 'test', 'fixtures', 'pagila');
 
 if (!process.env.PGTESTPOOL_TEST_VERBOSE) setQuiet(true);
 
