@@ -33,6 +33,12 @@ export interface EmbeddedServer {
   url(database?: string): string;
   /** PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE: for a child process (the sidecar) attaching to this server. */
   libpqEnv(database?: string): Record<string, string>;
+  /**
+   * For fault-injection tests: stops the server like `pg_ctl restart -m fast` (SIGINT) or
+   * `-m immediate` (SIGQUIT: the next start runs crash recovery) and starts it again on the same
+   * port and data directory; resolves once it accepts connections again.
+   */
+  restart(mode: 'fast' | 'immediate'): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -200,13 +206,82 @@ function runTool(file: string, args: string[], opts: { cwd: string; user?: RunAs
   });
 }
 
+/**
+ * Runs postgres as its child and stops it when we die, however we die (even kill -9): it holds
+ * the read end of a pipe from us on stdin, which hits EOF only when no process of ours holds the
+ * write end. Then: SIGINT (fast shutdown), SIGQUIT after 5 s, SIGKILL after 3 more, and remove
+ * the data directory. Being postgres's parent, it reaps it, so its pid is never a reused one.
+ * While we live it only passes postgres's exit status on; we signal postgres directly, by the
+ * pid it writes on fd 3. Args: the directory to remove, then postgres's command line.
+ */
+const WATCHDOG = `
+dir=$1; shift
+exec 4<&0 0</dev/null
+"$@" 3>&- 4<&- &
+pg=$!
+echo $pg >&3; exec 3>&-
+orphaned=; timer=
+on_orphan() {
+  orphaned=1
+  kill -INT $pg 2>/dev/null
+  { sleep 5; kill -QUIT $pg; sleep 3; kill -KILL $pg; } >/dev/null 2>&1 &
+  timer=$!
+}
+trap on_orphan USR1
+{ while read -r _; do :; done; kill -USR1 $$; } <&4 >/dev/null 2>&1 &
+reader=$!
+exec 4<&-
+# A trapped signal interrupts wait; wait again until postgres has really exited (and is reaped).
+while :; do
+  wait $pg; status=$?
+  kill -0 $pg 2>/dev/null || break
+done
+kill $reader $timer 2>/dev/null
+if [ -n "$orphaned" ]; then rm -rf "$dir"; fi
+exit $status
+`;
+
 interface Launched {
+  /** The watchdog; its exit is postgres's exit. */
   child: ChildProcess;
+  /** The postmaster's pid. */
+  pid: number;
   exited: Promise<void>;
   tail: string[];
+  /** Set before we stop it on purpose, so its exit is not reported as unexpected. */
+  expected: boolean;
 }
 
-/** Spawns the postmaster and resolves once postmaster.pid says "ready" (what pg_ctl -w checks). */
+function running(l: { child: ChildProcess }): boolean {
+  return l.child.exitCode === null && l.child.signalCode === null;
+}
+
+/** Signals the postmaster, only while its watchdog (which reaps it) lives: so never a reused pid. */
+function signalPostmaster(l: Launched, signal: NodeJS.Signals): void {
+  if (!running(l)) return;
+  try {
+    process.kill(l.pid, signal);
+  } catch {
+    // exited just now
+  }
+}
+
+/** The pid the watchdog writes on fd 3 as soon as it has forked postgres. */
+function readPid(child: ChildProcess): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    const fd3 = child.stdio[3] as NodeJS.ReadableStream;
+    fd3.on('data', (d) => (text += d));
+    fd3.on('end', () => {
+      const pid = Number(text.trim());
+      if (Number.isInteger(pid) && pid > 0) resolve(pid);
+      else reject(new Error(`the watchdog shell did not report the postgres pid (got ${JSON.stringify(text)})`));
+    });
+    fd3.on('error', reject);
+  });
+}
+
+/** Spawns the postmaster (under its watchdog) and resolves once postmaster.pid says "ready" (what pg_ctl -w checks). */
 async function launch(
   install: PgInstall,
   dir: string,
@@ -218,15 +293,16 @@ async function launch(
   const dataDir = path.join(dir, 'data');
   const args = ['-D', dataDir, '-p', String(port), '-c', `listen_addresses=${HOST}`, '-c', `unix_socket_directories=${dir}`];
   for (const [k, v] of Object.entries(settings)) args.push('-c', `${k}=${v}`);
-  const child = spawn(path.join(install.bindir, 'postgres'), args, {
+  const child = spawn('/bin/sh', ['-c', WATCHDOG, 'pgtestpool-watchdog', dir, path.join(install.bindir, 'postgres'), ...args], {
     cwd: dir,
     uid: user?.uid,
     gid: user?.gid,
     // Its own process group: a terminal's Ctrl-C goes to us only, and we stop the server after
     // the sidecar has finished, instead of both at once.
     detached: true,
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: ['pipe', 'pipe', 'pipe', 'pipe'],
   });
+  child.stdin!.on('error', () => {}); // never written to: it is only held open
   const tail: string[] = [];
   for (const stream of [child.stdout!, child.stderr!]) {
     readline.createInterface({ input: stream }).on('line', (line) => {
@@ -235,20 +311,29 @@ async function launch(
       onLog(line);
     });
   }
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const exited = new Promise<void>((resolve) =>
+    child.once('exit', () => {
+      child.stdin!.destroy();
+      resolve();
+    }),
+  );
   const failed = new Promise<never>((_, reject) => {
     child.once('error', reject);
     // Let the last log lines arrive before reporting them.
     exited.then(() => setTimeout(() => reject(new Error(`postgres exited during startup (code ${child.exitCode ?? child.signalCode}):\n${tail.join('\n')}`)), 50));
   });
   failed.catch(() => {}); // handled via the race below
+  const pidRead = readPid(child);
+  pidRead.catch(() => {}); // raced below; the watchdog's exit explains a missing pid better
+  let pid: number | undefined;
   const deadline = Date.now() + START_TIMEOUT_MS;
   const ready = (async () => {
+    pid = await pidRead;
     for (;;) {
-      const pid = await fs.readFile(path.join(dataDir, 'postmaster.pid'), 'utf8').catch(() => '');
-      const lines = pid.split('\n');
-      if (lines[0] === String(child.pid) && lines[7]?.trim() === 'ready') return;
-      if (child.exitCode !== null || child.signalCode !== null) return;
+      const text = await fs.readFile(path.join(dataDir, 'postmaster.pid'), 'utf8').catch(() => '');
+      const lines = text.split('\n');
+      if (lines[0] === String(pid) && lines[7]?.trim() === 'ready') return;
+      if (!running({ child })) return;
       if (Date.now() > deadline) {
         throw new Error(`postgres did not accept connections within ${START_TIMEOUT_MS / 1000} s:\n${tail.join('\n')}`);
       }
@@ -257,16 +342,17 @@ async function launch(
   })();
   try {
     await Promise.race([ready, failed]);
-    if (child.exitCode !== null || child.signalCode !== null) await failed;
+    if (!running({ child })) await failed;
   } catch (err) {
     // Make sure it is gone before the caller removes its directory.
-    if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGKILL');
+    if (running({ child })) {
+      if (pid !== undefined) signalPostmaster({ child, pid, exited, tail, expected: true }, 'SIGKILL');
+      else child.kill('SIGKILL'); // no pid: postgres was never forked
       await exited;
     }
     throw err;
   }
-  return { child, exited, tail };
+  return { child, pid: pid!, exited, tail, expected: false };
 }
 
 // Servers not yet stopped, killed synchronously if the process exits first (e.g. a crashed test run).
@@ -282,6 +368,111 @@ function trackForExit(s: { killNow(): void }): void {
   live.add(s);
 }
 
+// Leftovers of killed owners. Each server directory holds an owner file naming the process that
+// started it (pid + start time, since pids are reused); a start removes the directories whose
+// owner is gone, stopping a postmaster still running there. Never one whose owner lives: tests
+// run many servers side by side in one /dev/shm.
+const DIR_PREFIX = 'pgtestpool-';
+const OWNER_FILE = 'owner';
+
+/** A process's start time (clock ticks since boot, /proc/<pid>/stat field 22); undefined without /proc or process. */
+function startTime(pid: number): string | undefined {
+  try {
+    const stat = fsSync.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/** Alive and not a zombie (a dead process its parent has not reaped yet). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  try {
+    const stat = fsSync.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat[stat.lastIndexOf(')') + 2] !== 'Z';
+  } catch {
+    return !fsSync.existsSync('/proc/self'); // no /proc (macOS): kill(0) has to do
+  }
+}
+
+function ownerAlive(owner: string): boolean {
+  const [pid, start] = owner.trim().split(' ');
+  if (!pid || !processAlive(Number(pid))) return false;
+  const now = startTime(Number(pid));
+  return !start || now === undefined || now === start; // a different start time: the pid was reused
+}
+
+/** The postmaster running in dataDir, if any: its pid from postmaster.pid, checked against its command line. */
+function postmasterOf(dataDir: string): number | undefined {
+  const pid = Number(fsSync.readFileSync(path.join(dataDir, 'postmaster.pid'), { encoding: 'utf8', flag: 'r' }).split('\n')[0]);
+  if (!Number.isInteger(pid) || pid <= 0 || !processAlive(pid)) return undefined;
+  try {
+    const argv = fsSync.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    const d = argv.indexOf('-D');
+    return path.basename(argv[0] ?? '') === 'postgres' && d > 0 && argv[d + 1] === dataDir ? pid : undefined;
+  } catch {
+    return undefined; // no /proc: cannot tell it from a process that reused the pid, so leave it
+  }
+}
+
+async function waitGone(pid: number, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (processAlive(pid)) {
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return true;
+}
+
+/** Immediate shutdown (the data is being thrown away), SIGKILL if that does not do. */
+async function stopLeftover(pid: number): Promise<void> {
+  try {
+    process.kill(pid, 'SIGQUIT');
+    if (await waitGone(pid, 5_000)) return;
+    process.kill(pid, 'SIGKILL');
+    await waitGone(pid, 2_000);
+  } catch {
+    // gone meanwhile
+  }
+}
+
+/** Removes the server directories in `parent` whose owner process is gone; one log line each. */
+async function removeLeftovers(parent: string): Promise<void> {
+  const names = (await fs.readdir(parent).catch(() => [] as string[])).filter((n) => n.startsWith(DIR_PREFIX));
+  for (const name of names) {
+    const dir = path.join(parent, name);
+    let owner: string;
+    try {
+      owner = await fs.readFile(path.join(dir, OWNER_FILE), 'utf8');
+    } catch {
+      continue; // not a server directory, or one whose owner is writing the file right now
+    }
+    if (ownerAlive(owner)) continue;
+    let pm: number | undefined;
+    try {
+      pm = postmasterOf(path.join(dir, 'data'));
+    } catch {
+      // no postmaster.pid: no server ran or it stopped cleanly
+    }
+    if (pm !== undefined) await stopLeftover(pm);
+    try {
+      await fs.rm(dir, { recursive: true, force: true, maxRetries: 3 });
+      log.info(`removed ${dir}, left by process ${owner.trim().split(' ')[0]} that is gone${pm !== undefined ? ` (stopped its PostgreSQL, pid ${pm})` : ''}`);
+    } catch (err) {
+      log.warn(`cannot remove ${dir}, left by a process that is gone: ${errorMessage(err)}; remove it by hand`);
+    }
+  }
+}
+
+async function writeOwner(dir: string): Promise<void> {
+  await fs.writeFile(path.join(dir, OWNER_FILE), `${process.pid} ${startTime(process.pid) ?? ''}\n`);
+}
+
 export async function startEmbedded(opts: EmbeddedOptions = {}): Promise<EmbeddedServer> {
   const password = opts.password ?? 'postgres';
   if (/[\r\n]/.test(password)) throw new Error('the postgres password must not contain a line break');
@@ -289,13 +480,14 @@ export async function startEmbedded(opts: EmbeddedOptions = {}): Promise<Embedde
   if (!Number.isInteger(requested) || requested < 0 || requested > 65535) {
     throw new Error(`invalid port ${requested}: use 1-65535 (or 0 for a random free port)`);
   }
+  const parent = opts.dataParent ?? (await defaultDataParent());
+  await removeLeftovers(parent); // first: a killed server's leftover may hold the port
   let port = await choosePort(requested); // before initdb, so a taken port fails fast and leaves nothing
   const user = unprivilegedUser();
   if (user && port > 0 && port < 1024) {
     throw new Error(`port ${port} is privileged: PostgreSQL runs as user ${user.name} here and cannot bind ports below 1024; choose another port with PGPORT=...`);
   }
   const install = await installFor(opts.install ?? (await findPostgres()), user);
-  const parent = opts.dataParent ?? (await defaultDataParent());
   if (user && !traversable(parent, user)) {
     throw new Error(`user ${user.name} (PostgreSQL refuses to run as root) cannot reach ${parent}: use a dataParent it can enter (e.g. /tmp)`);
   }
@@ -304,9 +496,10 @@ export async function startEmbedded(opts: EmbeddedOptions = {}): Promise<Embedde
   const settings = { ...TEST_TUNED_SETTINGS, ...hashing, ...opts.settings };
   const onLog = opts.onLog ?? defaultOnLog;
 
-  const dir = await fs.mkdtemp(path.join(parent, 'pgtestpool-'));
+  const dir = await fs.mkdtemp(path.join(parent, DIR_PREFIX));
   const dataDir = path.join(dir, 'data');
   try {
+    await writeOwner(dir);
     if (user) await fs.chown(dir, user.uid, user.gid);
     const t0 = Date.now();
     // Password via a file readable only by the server's user, gone right after initdb.
@@ -339,7 +532,8 @@ export async function startEmbedded(opts: EmbeddedOptions = {}): Promise<Embedde
       port = await choosePort(0);
       launched = await launch(install, dir, port, settings, user, onLog);
     }
-    const server = new Server(install, dir, dataDir, port, password, launched);
+    const relaunch = () => launch(install, dir, port, settings, user, onLog);
+    const server = new Server(install, dir, dataDir, port, password, launched, relaunch);
     try {
       await cheapPasswordHash(server);
     } catch (err) {
@@ -374,6 +568,7 @@ async function cheapPasswordHash(server: Server): Promise<void> {
 class Server implements EmbeddedServer {
   readonly host = HOST;
   private stopping: Promise<void> | undefined;
+  private restarting: Promise<void> | undefined;
 
   constructor(
     readonly install: PgInstall,
@@ -381,11 +576,16 @@ class Server implements EmbeddedServer {
     readonly dataDir: string,
     readonly port: number,
     readonly password: string,
-    private readonly proc: Launched,
+    private proc: Launched,
+    private readonly relaunch: () => Promise<Launched>,
   ) {
     trackForExit(this);
-    proc.exited.then(() => {
-      if (!this.stopping) log.error(`PostgreSQL on port ${port} exited unexpectedly:\n${proc.tail.slice(-10).join('\n')}`);
+    this.watch(proc);
+  }
+
+  private watch(l: Launched): void {
+    l.exited.then(() => {
+      if (!this.stopping && !l.expected) log.error(`PostgreSQL on port ${this.port} exited unexpectedly:\n${l.tail.slice(-10).join('\n')}`);
     });
   }
 
@@ -405,19 +605,54 @@ class Server implements EmbeddedServer {
     return `postgres://postgres:${encodeURIComponent(this.password)}@${HOST}:${this.port}/${encodeURIComponent(database)}`;
   }
 
+  /** Sends the shutdown signal and waits for the exit; SIGKILL if it takes too long. */
+  private async halt(l: Launched, signal: NodeJS.Signals): Promise<void> {
+    l.expected = true;
+    const waitExit = (ms: number) =>
+      Promise.race([l.exited.then(() => true), new Promise<boolean>((r) => setTimeout(r, ms, false).unref())]);
+    if (!running(l)) return;
+    signalPostmaster(l, signal);
+    if (!(await waitExit(STOP_TIMEOUT_MS))) {
+      log.warn(`PostgreSQL on port ${this.port} did not stop within ${STOP_TIMEOUT_MS / 1000} s: killing it`);
+      signalPostmaster(l, 'SIGKILL');
+      await waitExit(5_000);
+    }
+  }
+
+  restart(mode: 'fast' | 'immediate'): Promise<void> {
+    if (this.stopping) return Promise.reject(new Error(`cannot restart PostgreSQL on port ${this.port}: it is being stopped`));
+    // One at a time: a second restart waits for the first.
+    const next = (this.restarting ?? Promise.resolve()).catch(() => {}).then(() => this.restartNow(mode));
+    this.restarting = next;
+    return next;
+  }
+
+  private async restartNow(mode: 'fast' | 'immediate'): Promise<void> {
+    if (this.stopping) throw new Error(`cannot restart PostgreSQL on port ${this.port}: it is being stopped`);
+    await this.halt(this.proc, mode === 'fast' ? 'SIGINT' : 'SIGQUIT');
+    // postgres binds with SO_REUSEADDR, so TIME_WAIT does not block the port; but anyone's
+    // bind(0) may get it in this gap: retry a moment before giving up.
+    const deadline = Date.now() + 5_000;
+    for (;;) {
+      try {
+        this.proc = await this.relaunch();
+        break;
+      } catch (err) {
+        const bind = /could not bind|could not create any TCP\/IP sockets/.test(errorMessage(err));
+        if (!bind || Date.now() > deadline) {
+          throw new Error(`restarting PostgreSQL on port ${this.port} failed${bind ? ' (someone else took the port)' : ''}: ${errorMessage(err)}`);
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    this.watch(this.proc);
+    log.debug(`PostgreSQL on port ${this.port} restarted (${mode})`);
+  }
+
   stop(): Promise<void> {
     this.stopping ??= (async () => {
-      const { child, exited } = this.proc;
-      const waitExit = (ms: number) =>
-        Promise.race([exited.then(() => true), new Promise<boolean>((r) => setTimeout(r, ms, false).unref())]);
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill('SIGINT'); // "fast" shutdown: abort sessions, exit cleanly
-        if (!(await waitExit(STOP_TIMEOUT_MS))) {
-          log.warn(`PostgreSQL on port ${this.port} did not stop within ${STOP_TIMEOUT_MS / 1000} s: killing it`);
-          child.kill('SIGKILL');
-          await waitExit(5_000);
-        }
-      }
+      await this.restarting?.catch(() => {}); // then stop what it started
+      await this.halt(this.proc, 'SIGINT'); // "fast" shutdown: abort sessions, exit cleanly
       await fs.rm(this.dir, { recursive: true, force: true, maxRetries: 3 });
       live.delete(this);
     })();
@@ -426,11 +661,7 @@ class Server implements EmbeddedServer {
 
   /** Synchronous best effort for process 'exit', when stop() was never awaited. */
   killNow(): void {
-    try {
-      this.proc.child.kill('SIGKILL');
-    } catch {
-      // already gone
-    }
+    signalPostmaster(this.proc, 'SIGKILL');
     try {
       fsSync.rmSync(this.dir, { recursive: true, force: true, maxRetries: 3 });
     } catch {

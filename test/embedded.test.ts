@@ -1,6 +1,6 @@
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { createServer, type Server as NetServer } from 'node:net';
 import os from 'node:os';
@@ -235,5 +235,113 @@ describe('startEmbedded', { timeout: 120_000 }, () => {
     const leaked = fs.readdirSync('/dev/shm').filter((f) => f.startsWith('PostgreSQL.') && !shmBefore.has(f));
     assert.deepEqual(leaked, [], 'dynamic shared memory segments left in /dev/shm');
   });
+  test('kill -9 of the owning process: the watchdog stops the server and removes its directory within seconds', async () => {
+    const script = [
+      `import { startEmbedded } from ${JSON.stringify(path.resolve('src/embedded.ts'))};`,
+      'const s = await startEmbedded();',
+      'console.log(JSON.stringify({ dir: s.socketDir }));',
+      'setInterval(() => {}, 1000);',
+    ].join('\n');
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      let out = '';
+      child.stdout.on('data', (d) => (out += d));
+      const deadline = Date.now() + 60_000;
+      while (!out.includes('\n') && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 20));
+      const { dir } = JSON.parse(out) as { dir: string };
+      const pid = Number(fs.readFileSync(path.join(dir, 'data', 'postmaster.pid'), 'utf8').split('\n')[0]);
+      const t0 = Date.now();
+      child.kill('SIGKILL');
+      while ((!processGone(pid) || exists(dir)) && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 20));
+      assert.ok(processGone(pid), `postmaster ${pid} survived a kill -9 of its owner`);
+      assert.ok(!exists(dir), `${dir} left behind`);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+
+  test('a start removes the directories of dead owners (stopping their postmaster) and leaves live owners\' alone', async () => {
+    const parent = fs.mkdtempSync(path.join(os.tmpdir(), 'pgtestpool-test-'));
+    fs.chmodSync(parent, 0o755);
+    const make = (name: string, owner?: string) => {
+      fs.mkdirSync(path.join(parent, name, 'data'), { recursive: true });
+      if (owner !== undefined) fs.writeFileSync(path.join(parent, name, 'owner'), owner);
+    };
+    const ownStart = fs.readFileSync('/proc/self/stat', 'utf8').split(') ')[1]!.split(' ')[19];
+    const deadPid = spawnSync('true').pid!; // exited: a pid with no process (reuse within the test is not a worry)
+    const lines: string[] = [];
+    try {
+      // A real leftover: a server whose owner is gone but whose postmaster still runs.
+      const left = await startEmbedded({ dataParent: parent });
+      const leftPid = postmasterPid(left);
+      fs.writeFileSync(path.join(left.socketDir, 'owner'), `${deadPid} 1\n`);
+      make('pgtestpool-dead1', `${deadPid} 1\n`);
+      make('pgtestpool-reused', `${process.pid} ${Number(ownStart) + 1}\n`); // our pid, someone else's start time
+      make('pgtestpool-alive', `${process.pid} ${ownStart}\n`);
+      make('pgtestpool-noowner'); // an older version's, or one being created: not ours to judge
+      make('other-dir', `${deadPid} 1\n`);
+      const stderr = process.stderr.write;
+      process.stderr.write = ((chunk: string) => lines.push(String(chunk)) > 0) as typeof process.stderr.write;
+      let s: EmbeddedServer;
+      try {
+        s = await startEmbedded({ dataParent: parent });
+      } finally {
+        process.stderr.write = stderr;
+      }
+      await s.stop();
+      assert.ok(processGone(leftPid), 'the leftover postmaster was stopped');
+      assert.deepEqual(fs.readdirSync(parent).sort(), ['other-dir', 'pgtestpool-alive', 'pgtestpool-noowner']);
+      const removed = lines.filter((l) => l.includes('removed '));
+      assert.equal(removed.length, 3, removed.join(''));
+      assert.ok(removed.some((l) => l.includes(`removed ${left.socketDir}, left by process ${deadPid} that is gone (stopped its PostgreSQL, pid ${leftPid})`)), removed.join(''));
+      await left.stop(); // (its directory is gone already: a no-op apart from the bookkeeping)
+    } finally {
+      fs.rmSync(parent, { recursive: true, force: true });
+    }
+  });
+
+  describe('restart()', () => {
+    for (const mode of ['fast', 'immediate'] as const) {
+      test(`restart('${mode}'): same port and data, a new postmaster, clients cut off, no "exited unexpectedly"; stop() still cleans up`, async () => {
+        for (const install of installs) await restartCase(install, mode);
+      });
+    }
+  });
 });
 
+/** One restart of one install, with a client attached and the server log and our stderr captured. */
+async function restartCase(install: PgInstall, mode: 'fast' | 'immediate'): Promise<void> {
+  const lines: string[] = [];
+  const s = await startEmbedded({ install, onLog: (l) => lines.push(l) });
+  const errors: string[] = [];
+  const stderr = process.stderr.write;
+  process.stderr.write = ((chunk: string) => errors.push(String(chunk)) > 0) as typeof process.stderr.write;
+  try {
+    const before = postmasterPid(s);
+    const c = new pg.Client(s.clientConfig());
+    await c.connect();
+    c.on('error', () => {});
+    // synchronous_commit on: committed means in the WAL, which an immediate stop keeps.
+    await c.query('SET synchronous_commit = on; CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)');
+    const t0 = Date.now();
+    await s.restart(mode);
+    const ms = Date.now() - t0;
+    console.log(`restart('${mode}') on PostgreSQL ${s.install.major}: accepting connections again after ${ms} ms`);
+    await assert.rejects(c.query('SELECT 1'), 'the old session is gone');
+    assert.notEqual(postmasterPid(s), before);
+    assert.ok(processGone(before));
+    assert.equal((await query(s, 'SELECT x FROM kept')).x, 42);
+    assert.equal((await query(s, 'SELECT inet_server_port() AS p')).p, s.port);
+    if (mode === 'immediate') assert.ok(lines.some((l) => /not properly shut down|automatic recovery/.test(l)), 'crash recovery ran');
+    await Promise.all([s.restart('fast'), s.restart('immediate')]); // one at a time
+    assert.equal((await query(s, 'SELECT 1 AS one')).one, 1);
+  } finally {
+    const last = fs.existsSync(path.join(s.dataDir, 'postmaster.pid')) ? postmasterPid(s) : undefined;
+    await s.stop();
+    process.stderr.write = stderr;
+    assert.ok(!exists(s.socketDir), `${s.socketDir} left behind`);
+    if (last !== undefined) assert.ok(processGone(last), `postmaster ${last} still running`);
+  }
+  assert.deepEqual(errors.filter((l) => /unexpectedly|ERROR/.test(l)), []);
+  await assert.rejects(s.restart('fast'), /being stopped/);
+}
