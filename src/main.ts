@@ -30,7 +30,7 @@ function shutdown(code: number): Promise<void> {
 
 function onSignal(signal: NodeJS.Signals): void {
   if (shuttingDown) {
-    // One Ctrl-C can arrive twice (the terminal signals the process group, and tsx relays it too);
+    // One Ctrl-C can arrive twice (the terminal signals the process group, and npm relays it too);
     // only a deliberate second one, a moment later, cuts the graceful stop short.
     if (Date.now() - firstSignalAt < 1500) return;
     log.warn(`${signal} again: exiting now`);
@@ -45,9 +45,26 @@ function onSignal(signal: NodeJS.Signals): void {
   void shutdown(0);
 }
 
+/**
+ * npm killed (even with kill -9) would leave us running with nobody to stop us: a changed parent
+ * pid means ours is gone, so stop as on SIGTERM.
+ */
+function watchParent(): void {
+  const parent = process.ppid;
+  const timer = setInterval(() => {
+    if (process.ppid === parent) return;
+    clearInterval(timer);
+    if (shuttingDown) return;
+    log.warn(`parent process ${parent} is gone`);
+    onSignal('SIGTERM');
+  }, 500);
+  timer.unref();
+}
+
 async function main(): Promise<void> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  watchParent();
   const started = performance.now();
 
   let config: Config;

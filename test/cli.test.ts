@@ -18,7 +18,7 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-/** `npm start` in its own process group, so a "Ctrl-C" reaches npm, tsx and node together as in a terminal. */
+/** `npm start` in its own process group, so a "Ctrl-C" reaches npm and node together as in a terminal. */
 function npmStart(env: Record<string, string>) {
   const child = spawn('npm', ['start', '--silent'], {
     cwd: ROOT,
