@@ -411,12 +411,18 @@ function ownerAlive(owner: string): boolean {
 function postmasterOf(dataDir: string): number | undefined {
   const pid = Number(fsSync.readFileSync(path.join(dataDir, 'postmaster.pid'), { encoding: 'utf8', flag: 'r' }).split('\n')[0]);
   if (!Number.isInteger(pid) || pid <= 0 || !processAlive(pid)) return undefined;
+  const argv = commandLine(pid);
+  const d = argv.indexOf('-D');
+  return path.basename(argv[0] ?? '') === 'postgres' && d > 0 && argv[d + 1] === dataDir ? pid : undefined;
+}
+
+/** A process's argv: from /proc, else (macOS) from ps, split on spaces (our paths have none). */
+function commandLine(pid: number): string[] {
   try {
-    const argv = fsSync.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-    const d = argv.indexOf('-D');
-    return path.basename(argv[0] ?? '') === 'postgres' && d > 0 && argv[d + 1] === dataDir ? pid : undefined;
+    return fsSync.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
   } catch {
-    return undefined; // no /proc: cannot tell it from a process that reused the pid, so leave it
+    const ps = spawnSync('ps', ['-o', 'args=', '-p', String(pid)], { encoding: 'utf8', timeout: 5_000 });
+    return ps.status === 0 ? ps.stdout.trim().split(/\s+/) : [];
   }
 }
 
