@@ -1,9 +1,9 @@
 // What a template is built from, resolved to an ordered list of SQL steps: schema files and
 // globs, then migration folders, then seed files. Resolved at start (config validation reports
 // what is missing) and again whenever `watch` looks for changes.
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { glob, hasMagic } from './glob.ts';
+import { globSync } from 'tinyglobby';
 import { MigrationError, readMigrations, type MigrationFormat } from './migrations.ts';
 
 export interface MigrationSpec {
@@ -42,12 +42,61 @@ function outsideHint(abs: string, dir: string): string {
     : '';
 }
 
+/** A pattern with *, ? or [...] is a glob; anything else names one file, taken literally. */
+export function hasMagic(pattern: string): boolean {
+  return /[*?[]/.test(pattern);
+}
+
+function realPath(file: string): string {
+  try {
+    return realpathSync(file);
+  } catch {
+    return file;
+  }
+}
+
+function isFile(file: string): boolean {
+  try {
+    return statSync(file).isFile();
+  } catch {
+    return false;
+  }
+}
+
+const byPath = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
+/**
+ * Files matching `pattern` (relative to `base` unless absolute), as absolute paths sorted like a
+ * shell expansion so the order of schema files is predictable. tinyglobby follows symlinked
+ * folders but stops at a loop; a file reached by several paths (a link back to its own folder)
+ * is kept once, under its shortest path (the one not going round a loop), in that path's place.
+ */
+export function glob(pattern: string, base: string): string[] {
+  const absolute = path.resolve(base, pattern);
+  if (!hasMagic(pattern)) return isFile(absolute) ? [absolute] : [];
+  // Crawl from the pattern's literal folders (before its first magic segment): an absolute or ../
+  // pattern then needs no special handling, and neither the config's folder nor those are read
+  // as patterns (a [ in a folder name stays literal).
+  const segments = pattern.split('/');
+  const firstMagic = segments.findIndex(hasMagic);
+  const cwd = path.resolve(base, segments.slice(0, firstMagic).join('/') || '.');
+  const rest = segments.slice(firstMagic).join('/');
+  const matched = globSync(rest, { cwd, absolute: true, onlyFiles: true, expandDirectories: false, dot: false });
+  const byReal = new Map<string, string>();
+  for (const f of matched.map((m) => path.resolve(m)).sort(byPath)) {
+    const real = realPath(f);
+    const kept = byReal.get(real);
+    if (kept === undefined || f.split(path.sep).length < kept.split(path.sep).length) byReal.set(real, f);
+  }
+  return [...byReal.values()].sort(byPath);
+}
+
 function files(patterns: string[], kind: 'schema' | 'seed', dir: string, problems: SourceProblem[]): BuildStep[] {
   const out: BuildStep[] = [];
-  const seen = new Set<string>();
+  const seen = new Set<string>(); // real paths: a file listed twice, or by two names, runs once
   patterns.forEach((pattern, i) => {
-    const matched = glob(pattern, dir).filter((f) => !seen.has(f));
-    if (matched.length === 0) {
+    const found = glob(pattern, dir);
+    if (found.length === 0) {
       const where = path.resolve(dir, pattern);
       problems.push({
         key: `${kind}[${i}]`,
@@ -56,8 +105,10 @@ function files(patterns: string[], kind: 'schema' | 'seed', dir: string, problem
           : `file ${JSON.stringify(pattern)} not found (looked for ${where})`) + outsideHint(where, dir),
       });
     }
-    for (const f of matched) {
-      seen.add(f);
+    for (const f of found) {
+      // Listed again (a file, then a glob that includes it): it runs once, at its first place.
+      if (seen.has(realPath(f))) continue;
+      seen.add(realPath(f));
       out.push({ kind, file: f, display: path.relative(dir, f) || f, transaction: false });
     }
   });

@@ -2,13 +2,14 @@
 // per-clone settings and grants, the owner role, content-hash reuse, live rebuild with `watch`,
 // several templates at once, and the real pagila dumps on every installed major.
 import assert from 'node:assert/strict';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type pg from 'pg';
 import type { EmbeddedServer } from '../src/embedded.ts';
+import { resolveSources } from '../src/sources.ts';
 import { splitSql } from '../src/sqlscript.ts';
-import { PAGILA_DIR, claim, client, resetPool, startServer, startSidecar, status, testInstalls, waitFor } from './harness.ts';
+import { PAGILA_DIR, claim, client, configDir, removeConfigDir, resetPool, startServer, startSidecar, status, testInstalls, waitFor } from './harness.ts';
 
 const installs = await testInstalls();
 const newest = installs[installs.length - 1]!;
@@ -112,6 +113,32 @@ describe(`templates (PostgreSQL ${newest.major})`, () => {
       await sc.stop();
       await resetPool(admin); // clones carry grants to the role
       await admin.query('DROP ROLE report_reader');
+    }
+  });
+
+  test('schema/**/*.sql in a folder with a symlink loop applies each file once', async () => {
+    const inputs = configDir('', {
+      'schema/0_table.sql': 'CREATE TABLE applied (file text);',
+      'schema/a.sql': "INSERT INTO applied VALUES ('a');",
+      'schema/sub/b.sql': "INSERT INTO applied VALUES ('b');",
+    });
+    const dir = path.dirname(inputs);
+    symlinkSync(path.join(dir, 'schema'), path.join(dir, 'schema/sub/loop')); // schema/sub/loop/sub/loop/...
+    try {
+      const { steps, problems } = resolveSources({ schema: ['schema/**/*.sql'], migrations: [], seed: [] }, dir);
+      assert.deepEqual(problems, []);
+      assert.deepEqual(steps.map((s) => s.display), ['schema/0_table.sql', 'schema/a.sql', 'schema/sub/b.sql']);
+      const sc = await startSidecar(server, yaml({ schema: [`${dir}/schema/**/*.sql`], min_ready: 1 }), {});
+      try {
+        const db = await client(server, await claim(admin));
+        const { rows } = await db.query('SELECT file, count(*)::int AS n FROM applied GROUP BY file ORDER BY file');
+        assert.deepEqual(rows, [{ file: 'a', n: 1 }, { file: 'b', n: 1 }]);
+        await db.end();
+      } finally {
+        await sc.stop();
+      }
+    } finally {
+      removeConfigDir(inputs);
     }
   });
 
