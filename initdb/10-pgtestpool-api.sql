@@ -1,107 +1,34 @@
--- pgtestpool SQL API: control tables in schema pgtestpool, user functions in public.
--- Idempotent: the image runs it once at initdb, and the sidecar runs it again at every start,
--- so it must only ever create or replace, never destroy state.
+-- pgtestpool SQL API: user functions in public, the sidecar's state functions in pgtestpool.
+-- Only CREATE OR REPLACE (no table DDL: that lives in the numbered migrations beside this file),
+-- so replacing it takes no lock that a waiting claim holds or waits for. The sidecar replaces it
+-- only when its text changed (the hash is kept in pgtestpool.settings, key api_hash).
+--
+-- Every change of a clone's or a template's state is one of the functions below, and nothing else
+-- writes pgtestpool.databases.state or pgtestpool.templates.state:
+--   clone:    new_clone -> creating; clone_ready: creating -> ready; claim_test_db: ready -> claimed;
+--             release_test_db, reclaim: claimed -> dropping; clone_failed, abandon_creating,
+--             reconcile_creating, retire_clones, trim_surplus, lend_clone, retire_entered,
+--             forget_vanished: (creating | ready | claimed) -> dropping; mark_dropped: dropping -> tombstone.
+--   template: template_building, template_rebuilding -> building; template_built, template_reused,
+--             template_serving_again -> ready; template_failed -> failed; templates_removed.
 BEGIN;
-
--- Two installers at once (initdb script + sidecar) would race on CREATE ... IF NOT EXISTS.
 SELECT pg_advisory_xact_lock(7203551409);
 
-CREATE SCHEMA IF NOT EXISTS pgtestpool;
-REVOKE ALL ON SCHEMA pgtestpool FROM PUBLIC;
-COMMENT ON SCHEMA pgtestpool IS 'pgtestpool control tables; use claim_test_db(), release_test_db(), test_db_status() and the test_dbs view';
-
-CREATE TABLE IF NOT EXISTS pgtestpool.settings (
-  key   text PRIMARY KEY,
-  value text NOT NULL
-);
--- A random tag in every clone name: a server re-created from scratch restarts the sequence,
--- and a stale connection string from an earlier run must not reach a new database.
-INSERT INTO pgtestpool.settings (key, value)
-VALUES ('instance', substr(md5(random()::text || clock_timestamp()::text), 1, 6)),
-       ('claim_timeout', '30 seconds'),
-       ('max_databases', '64')
-ON CONFLICT (key) DO NOTHING;
-
-CREATE TABLE IF NOT EXISTS pgtestpool.templates (
-  name       text PRIMARY KEY,
-  -- building: being built, claims wait; ready: serving `database`;
-  -- failed: the build failed with `error`; claims fail at once while no version serves (`database` NULL).
-  state      text NOT NULL CHECK (state IN ('building', 'ready', 'failed')),
-  database   text,          -- the template database clones are made from (NULL until one is built)
-  hash       text,          -- content hash of what `database` was built from
-  min_ready  integer NOT NULL DEFAULT 0,
-  error      text,
-  build_ms   integer,
-  built_at   timestamptz,
-  updated_at timestamptz NOT NULL DEFAULT now()
-);
-
--- Columns added after the first release (CREATE TABLE IF NOT EXISTS leaves an existing table alone).
-ALTER TABLE pgtestpool.templates ADD COLUMN IF NOT EXISTS owner text;  -- `owner:` role a claimed clone is given
-
-CREATE SEQUENCE IF NOT EXISTS pgtestpool.clone_seq;
-
-CREATE TABLE IF NOT EXISTS pgtestpool.databases (
-  id                    bigint PRIMARY KEY,
-  name                  text NOT NULL UNIQUE,
-  template              text NOT NULL,
-  source                text NOT NULL,   -- the template database it is cloned from
-  -- creating -> ready -> claimed -> dropping -> dropped (a tombstone, so release_test_db() can say
-  -- what became of a name; deleted after ten minutes). failed: CREATE DATABASE failed (kept as long).
-  state                 text NOT NULL CHECK (state IN ('creating', 'ready', 'claimed', 'dropping', 'dropped', 'failed')),
-  created_at            timestamptz NOT NULL DEFAULT now(),
-  ready_at              timestamptz,
-  claimed_at            timestamptz,
-  claimed_pid           integer,
-  claimed_backend_start timestamptz,  -- with the pid, identifies the claiming session (pids are reused)
-  claimed_role          text,
-  claimed_application   text,
-  claimed_addr          inet,
-  idle_since            timestamptz,  -- claimer gone and no connections to the clone since then
-  drop_reason           text,
-  dropped_at            timestamptz,
-  error                 text
-);
--- The claim's index. No other: the table stays small (a dropped database's row moves to
--- pgtestpool.dropped), and every extra index is written on each claim.
-CREATE INDEX IF NOT EXISTS databases_ready_idx ON pgtestpool.databases (template, id) WHERE state = 'ready';
--- Every claim and drop leaves a dead row version: vacuum after a few hundred, not after 20 %.
-ALTER TABLE pgtestpool.databases SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 500,
-                                      autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 500);
-
--- Tombstones: what became of a dropped database, so release_test_db() can say so; kept ten minutes.
--- A table of their own: the pool's table, scanned on every refill plan, holds only live rows.
-CREATE TABLE IF NOT EXISTS pgtestpool.dropped (
-  id                    bigint PRIMARY KEY,
-  name                  text NOT NULL,
-  template              text NOT NULL,
-  created_at            timestamptz NOT NULL,
-  claimed_at            timestamptz,
-  claimed_pid           integer,
-  claimed_role          text,
-  claimed_application   text,
-  claimed_addr          inet,
-  drop_reason           text,
-  dropped_at            timestamptz NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dropped_name_idx ON pgtestpool.dropped (name);
--- The heartbeat expires tombstones every poll: without this it would scan them all each time.
-CREATE INDEX IF NOT EXISTS dropped_at_idx ON pgtestpool.dropped (dropped_at);
--- Installations from before the move kept tombstones in databases.
-WITH moved AS (
-  DELETE FROM pgtestpool.databases d WHERE d.state = 'dropped'
-  RETURNING d.id, d.name, d.template, d.created_at, d.claimed_at, d.claimed_pid, d.claimed_role,
-            d.claimed_application, d.claimed_addr, d.drop_reason, coalesce(d.dropped_at, now()) AS dropped_at
-)
-INSERT INTO pgtestpool.dropped SELECT * FROM moved ON CONFLICT (id) DO NOTHING;
--- The time of the last claim of each template whose clones are all gone (for lending).
-ALTER TABLE pgtestpool.templates ADD COLUMN IF NOT EXISTS last_claimed_at timestamptz;
-
-REVOKE ALL ON ALL TABLES IN SCHEMA pgtestpool FROM PUBLIC;
-REVOKE ALL ON ALL SEQUENCES IN SCHEMA pgtestpool FROM PUBLIC;
+-- The sidecar's own functions are created anew each time, so a changed signature or result type
+-- needs no special case. (Nothing locks a function while it runs; the public ones below are
+-- replaced in place, keeping their grants.)
+DO $drop$
+DECLARE
+  f regprocedure;
+BEGIN
+  FOR f IN SELECT p.oid::regprocedure FROM pg_proc p WHERE p.pronamespace = 'pgtestpool'::regnamespace LOOP
+    EXECUTE format('DROP FUNCTION %s', f);
+  END LOOP;
+END
+$drop$;
 
 -- ---------------------------------------------------------------------------------------------
--- Helpers
+-- Definitions used everywhere (one each)
 -- ---------------------------------------------------------------------------------------------
 
 -- Readable, identifier-safe fragment of a template name for database names.
@@ -112,21 +39,47 @@ AS $$
   SELECT coalesce(nullif(left(trim(BOTH '_' FROM regexp_replace(lower(template), '[^a-z0-9]+', '_', 'g')), 20), ''), 't')
 $$;
 
+-- "In use": what counts against pool.max_databases. Every live row: clones being created, ready,
+-- claimed, and waiting to be dropped (deferred drops still hold memory). Tombstones are elsewhere.
+CREATE OR REPLACE FUNCTION pgtestpool.in_use() RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT count(*) FROM pgtestpool.databases
+$$;
+
+-- Per template: what its pool holds. "Filled": the template serves a version and holds at least
+-- min_ready ready clones of it. The refill plan, the heartbeat, health() and test_db_status() use it.
+CREATE OR REPLACE FUNCTION pgtestpool.pool_state()
+RETURNS TABLE (template text, database text, min_ready integer, ready bigint, creating bigint, claimed bigint,
+               dropping bigint, in_use bigint, last_claimed_at timestamptz, filled boolean)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT t.name, t.database, t.min_ready,
+         count(d.id) FILTER (WHERE d.state = 'ready' AND d.source = t.database),
+         count(d.id) FILTER (WHERE d.state = 'creating'),
+         count(d.id) FILTER (WHERE d.state = 'claimed'),
+         count(d.id) FILTER (WHERE d.state = 'dropping' OR (d.state = 'ready' AND d.source IS DISTINCT FROM t.database)),
+         pgtestpool.in_use(),
+         greatest(max(d.claimed_at), t.last_claimed_at),
+         t.database IS NOT NULL AND count(d.id) FILTER (WHERE d.state = 'ready' AND d.source = t.database) >= t.min_ready
+    FROM pgtestpool.templates t
+    LEFT JOIN pgtestpool.databases d ON d.template = t.name
+   GROUP BY t.name
+$$;
+
 -- One line describing a template's pool, for error messages.
 CREATE OR REPLACE FUNCTION pgtestpool.pool_summary(tpl text) RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT format('ready %s, creating %s, claimed %s, dropping %s; all templates: %s of max_databases %s in use; sidecar last seen %s',
-           count(*) FILTER (WHERE d.template = tpl AND d.state = 'ready'),
-           count(*) FILTER (WHERE d.template = tpl AND d.state = 'creating'),
-           count(*) FILTER (WHERE d.template = tpl AND d.state = 'claimed'),
-           count(*) FILTER (WHERE d.template = tpl AND d.state = 'dropping'),
-           count(*) FILTER (WHERE d.state IN ('ready', 'creating', 'claimed')),
+           coalesce(p.ready, 0), coalesce(p.creating, 0), coalesce(p.claimed, 0), coalesce(p.dropping, 0), pgtestpool.in_use(),
            (SELECT value FROM pgtestpool.settings WHERE key = 'max_databases'),
            coalesce((SELECT round(extract(epoch FROM clock_timestamp() - value::timestamptz))::text || ' s ago'
                        FROM pgtestpool.settings WHERE key = 'sidecar_seen'), 'never (is the sidecar running?)'))
-  FROM pgtestpool.databases d
+    FROM (SELECT 1) one LEFT JOIN pgtestpool.pool_state() p ON p.template = tpl
 $$;
 
 -- ---------------------------------------------------------------------------------------------
@@ -171,14 +124,17 @@ BEGIN
       IF NOT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user), false) THEN
         EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO %I', claimed, session_user);
       END IF;
+      -- Ready clones accept no connections, not even a superuser's. Opening it is part of this
+      -- transaction: until the claim commits nobody can enter, and a claim rolled back leaves the
+      -- clone as it was, closed and unentered. (Before the owner changes: then we no longer own it.)
+      EXECUTE format('ALTER DATABASE %I ALLOW_CONNECTIONS true', claimed);
       -- The template's owner: role owns its objects; the claimed clone becomes its own only now,
       -- so that role never reaches ready clones (a database's owner may always connect to it).
       IF owner IS NOT NULL THEN
         EXECUTE format('ALTER DATABASE %I OWNER TO %I', claimed, owner);
       END IF;
-      PERFORM pg_notify('pgtestpool', json_build_object('event', 'claim', 'template', claim_test_db.template, 'database', claimed,
-                                                        'pid', pg_backend_pid(), 'role', session_user,
-                                                        'application', current_setting('application_name'))::text);
+      -- A wake-up for the sidecar, nothing more: it reads what changed from the table.
+      PERFORM pg_notify('pgtestpool', 'claim');
       RETURN claimed;
     END IF;
 
@@ -193,22 +149,26 @@ BEGIN
     IF tpl.database IS NULL AND tpl.state = 'failed' THEN
       RAISE EXCEPTION 'pgtestpool: template % failed to build', quote_literal(tpl.name)
         USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = tpl.error,
-              HINT = 'fix the template''s files; the sidecar log and test_db_status() show the error';
+              HINT = coalesce(tpl.hint, 'fix the template''s files; the sidecar log and test_db_status() show the error');
     END IF;
     -- Under REPEATABLE READ or SERIALIZABLE the snapshot never shows new clones: waiting is futile.
     IF current_setting('transaction_isolation') <> 'read committed' THEN
       RAISE EXCEPTION 'pgtestpool: no ready database for template % and this transaction cannot see new ones', quote_literal(tpl.name)
         USING ERRCODE = 'lock_not_available', DETAIL = 'transaction isolation is ' || current_setting('transaction_isolation'),
-              HINT = 'call claim_test_db() outside the transaction, or in a READ COMMITTED one';
+              HINT = 'call claim_test_db() outside any transaction (autocommit)';
     END IF;
     IF deadline IS NULL THEN
       deadline := clock_timestamp() + (SELECT value::interval FROM pgtestpool.settings WHERE key = 'claim_timeout');
     END IF;
     IF clock_timestamp() >= deadline THEN
-      RAISE EXCEPTION 'pgtestpool: no ready database for template % within %', quote_literal(tpl.name),
-                      (SELECT value FROM pgtestpool.settings WHERE key = 'claim_timeout')
-        USING ERRCODE = 'lock_not_available', DETAIL = 'pool: ' || pgtestpool.pool_summary(tpl.name),
-              HINT = 'release databases with release_test_db(name) or close the claiming sessions, raise min_ready or pool.max_databases, or check the sidecar log';
+      RAISE EXCEPTION USING
+              MESSAGE = format('pgtestpool: no ready database for template %s within %s%s', quote_literal(tpl.name),
+                               (SELECT value FROM pgtestpool.settings WHERE key = 'claim_timeout'),
+                               ': creating clones fails: ' || tpl.clone_error),
+              ERRCODE = 'lock_not_available', DETAIL = 'pool: ' || pgtestpool.pool_summary(tpl.name),
+              HINT = CASE WHEN tpl.clone_error IS NOT NULL
+                          THEN 'the server cannot create clones (see the error); free space or memory, or lower min_ready and pool.max_databases'
+                          ELSE 'release databases with release_test_db(name) or close the claiming sessions, raise min_ready or pool.max_databases, or check the sidecar log' END;
     END IF;
     -- A clone is being made: the sidecar holds its row lock until the clone is ready, so wait on
     -- that lock and wake the moment it commits. The lock is taken in a subtransaction that is then
@@ -271,28 +231,29 @@ BEGIN
             DETAIL = format('it was claimed by role %s; you are %s', quote_ident(db.claimed_role), quote_ident(session_user)),
             HINT = 'release it as the role that claimed it, or as a superuser';
   END IF;
-  UPDATE pgtestpool.databases d SET state = 'dropping', drop_reason = 'released', idle_since = NULL WHERE d.id = db.id;
-  PERFORM pg_notify('pgtestpool', json_build_object('event', 'release', 'template', db.template, 'database', db.name,
-                                                    'pid', pg_backend_pid())::text);
+  UPDATE pgtestpool.databases d
+     SET state = 'dropping', drop_reason = 'released', dropping_since = clock_timestamp(), idle_since = NULL
+   WHERE d.id = db.id;
+  PERFORM pg_notify('pgtestpool', 'release');
 END
 $fn$;
 
-CREATE OR REPLACE FUNCTION public.test_db_status()
+DROP FUNCTION IF EXISTS public.test_db_status();  -- its result columns grew (filled)
+CREATE FUNCTION public.test_db_status()
 RETURNS TABLE (template text, build_state text, ready bigint, claimed bigint, creating bigint, dropping bigint,
-               failed bigint, min_ready integer, template_database text, built_at timestamptz, error text)
+               failed bigint, min_ready integer, template_database text, built_at timestamptz, error text, filled boolean)
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT t.name, t.state,
-         count(d.id) FILTER (WHERE d.state = 'ready' AND d.source = t.database),
-         count(d.id) FILTER (WHERE d.state = 'claimed'),
-         count(d.id) FILTER (WHERE d.state = 'creating'),
-         count(d.id) FILTER (WHERE d.state = 'dropping' OR (d.state = 'ready' AND d.source IS DISTINCT FROM t.database)),
-         count(d.id) FILTER (WHERE d.state = 'failed'),
-         t.min_ready, t.database, t.built_at, t.error
+  SELECT t.name, t.state, p.ready, p.claimed, p.creating, p.dropping,
+         -- clone creations that failed in the last ten minutes (dropped or still being dropped)
+         (SELECT count(*) FROM pgtestpool.databases d WHERE d.template = t.name AND d.state = 'dropping' AND d.drop_reason LIKE 'creation failed%')
+           + (SELECT count(*) FROM pgtestpool.dropped g WHERE g.template = t.name AND g.drop_reason LIKE 'creation failed%'),
+         t.min_ready, t.database, t.built_at,
+         coalesce(t.error, 'creating clones fails: ' || t.clone_error),
+         p.filled
     FROM pgtestpool.templates t
-    LEFT JOIN pgtestpool.databases d ON d.template = t.name
-   GROUP BY t.name
+    JOIN pgtestpool.pool_state() p ON p.template = t.name
    ORDER BY t.name
 $$;
 
@@ -316,11 +277,11 @@ GRANT EXECUTE ON FUNCTION public.claim_test_db(text), public.release_test_db(tex
 GRANT SELECT ON public.test_dbs TO PUBLIC;
 
 -- ---------------------------------------------------------------------------------------------
--- Sidecar-only functions (not granted to PUBLIC)
+-- Clone state functions (sidecar only)
 -- ---------------------------------------------------------------------------------------------
 
--- Registers a clone about to be created. The row goes in first and commits, so a sidecar that
--- dies mid-CREATE leaves a 'creating' row that the next start drops: nothing leaks.
+-- -> creating. The row goes in first and commits, so a sidecar that dies mid-CREATE leaves a
+-- 'creating' row that the next start drops: nothing leaks.
 CREATE OR REPLACE FUNCTION pgtestpool.new_clone(tpl text) RETURNS TABLE (name text, source text)
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -334,8 +295,43 @@ AS $$
   RETURNING databases.name, databases.source
 $$;
 
--- Marks clones abandoned: the claiming session ended and nobody has been connected to the clone
--- for idle_timeout, or the claim is older than max_duration. Returns what it marked for dropping.
+-- creating -> ready. False: the row was retired meanwhile (its template was rebuilt). A success
+-- clears the template's last clone error.
+CREATE OR REPLACE FUNCTION pgtestpool.clone_ready(clone text) RETURNS boolean
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH ready AS (
+    UPDATE pgtestpool.databases d
+       SET state = 'ready', ready_at = clock_timestamp(),
+           db_oid = (SELECT db.oid FROM pg_database db WHERE db.datname = d.name)
+     WHERE d.name = clone AND d.state = 'creating'
+    RETURNING d.template
+  ), cleared AS (
+    UPDATE pgtestpool.templates t SET clone_error = NULL, clone_error_at = NULL
+      FROM ready WHERE t.name = ready.template AND t.clone_error IS NOT NULL
+  )
+  SELECT EXISTS (SELECT 1 FROM ready)
+$$;
+
+-- creating -> dropping: CREATE DATABASE failed. Whatever exists of it is dropped like any other
+-- clone; the template keeps the error for claims, test_db_status() and health().
+CREATE OR REPLACE FUNCTION pgtestpool.clone_failed(clone text, message text) RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH failed AS (
+    UPDATE pgtestpool.databases d
+       SET state = 'dropping', drop_reason = 'creation failed: ' || message, error = message, dropping_since = clock_timestamp()
+     WHERE d.name = clone AND d.state IN ('creating', 'dropping')
+    RETURNING d.template
+  )
+  UPDATE pgtestpool.templates t SET clone_error = message, clone_error_at = clock_timestamp()
+    FROM failed WHERE t.name = failed.template
+$$;
+
+-- claimed -> dropping: the claiming session ended and nobody has been connected to the clone
+-- for idle_timeout, or the claim is older than max_duration. Returns what it marked.
 CREATE OR REPLACE FUNCTION pgtestpool.reclaim(idle_timeout interval, max_duration interval)
 RETURNS TABLE (name text, template text, claimed_pid integer, reason text)
 LANGUAGE plpgsql VOLATILE
@@ -357,7 +353,7 @@ BEGIN
 
   RETURN QUERY
   UPDATE pgtestpool.databases d
-     SET state = 'dropping',
+     SET state = 'dropping', dropping_since = clock_timestamp(),
          drop_reason = CASE
            WHEN d.claimed_at <= clock_timestamp() - max_duration
              THEN format('claimed for more than max_duration (%s)', max_duration)
@@ -369,6 +365,147 @@ BEGIN
 END
 $fn$;
 
+-- (creating | ready) -> dropping: a template's clones retired (rebuilt, removed from the config).
+-- `only_source`: only clones of that template database (NULL: all).
+CREATE OR REPLACE FUNCTION pgtestpool.retire_clones(tpl text, only_source text, reason text) RETURNS SETOF text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  UPDATE pgtestpool.databases d SET state = 'dropping', drop_reason = reason, dropping_since = clock_timestamp()
+   WHERE d.template = tpl AND d.state IN ('ready', 'creating') AND (only_source IS NULL OR d.source = only_source)
+  RETURNING d.name
+$$;
+
+-- ready -> dropping: ready clones beyond a template's min_ready (min_ready was lowered, or a
+-- template was dropped from the config), newest first, so memory follows the config.
+CREATE OR REPLACE FUNCTION pgtestpool.trim_surplus() RETURNS TABLE (name text, template text, reason text)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  UPDATE pgtestpool.databases d
+     SET state = 'dropping', dropping_since = clock_timestamp(),
+         drop_reason = format('surplus: more ready than min_ready (%s)', s.min_ready)
+    FROM (SELECT r.id, t.min_ready, row_number() OVER (PARTITION BY r.template ORDER BY r.id) AS n
+            FROM pgtestpool.databases r JOIN pgtestpool.templates t ON t.name = r.template
+           WHERE r.state = 'ready') s
+   -- d.state again: a claim that committed meanwhile must not be dropped under its test.
+   WHERE d.id = s.id AND s.n > s.min_ready AND d.state = 'ready'
+  RETURNING d.name, d.template, d.drop_reason
+$$;
+
+-- ready -> dropping: one clone of an unclaimed template gives its place under max_databases to a
+-- busy one. Not one made in the last second: a waiting claim of the lender may be about to take it.
+CREATE OR REPLACE FUNCTION pgtestpool.lend_clone(lender text, reason text) RETURNS SETOF text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  UPDATE pgtestpool.databases d SET state = 'dropping', drop_reason = reason, dropping_since = clock_timestamp()
+   WHERE d.id = (SELECT r.id FROM pgtestpool.databases r
+                  WHERE r.template = lender AND r.state = 'ready'
+                    AND r.source = (SELECT t.database FROM pgtestpool.templates t WHERE t.name = lender)
+                    AND r.ready_at < clock_timestamp() - interval '1 second'
+                  ORDER BY r.id DESC LIMIT 1 FOR UPDATE SKIP LOCKED)
+  RETURNING d.name
+$$;
+
+-- creating -> dropping: rows with no CREATE in flight (a worker connection died mid-job).
+CREATE OR REPLACE FUNCTION pgtestpool.abandon_creating(in_flight text[]) RETURNS SETOF text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  UPDATE pgtestpool.databases d SET state = 'dropping', drop_reason = 'creation interrupted', dropping_since = clock_timestamp()
+   WHERE d.state = 'creating' AND NOT (d.name = ANY(in_flight))
+  RETURNING d.name
+$$;
+
+-- creating -> dropping at start: the leader lock is ours, so no other sidecar has a CREATE in flight.
+CREATE OR REPLACE FUNCTION pgtestpool.reconcile_creating() RETURNS SETOF text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  UPDATE pgtestpool.databases d
+     SET state = 'dropping', drop_reason = 'half-created (the sidecar stopped during CREATE)', dropping_since = clock_timestamp()
+   WHERE d.state = 'creating'
+  RETURNING d.name
+$$;
+
+-- ready -> dropping: someone is connected to a ready clone (a superuser reopened it by hand):
+-- it is no longer pristine, so it is never handed out. SKIP LOCKED: a claim in progress holds it.
+CREATE OR REPLACE FUNCTION pgtestpool.retire_entered() RETURNS TABLE (name text, entered_by text)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH entered AS (
+    SELECT d.id, (SELECT string_agg(format('pid %s role %s', a.pid, a.usename), ', ') FROM pg_stat_activity a WHERE a.datname = d.name) AS who
+      FROM pgtestpool.databases d
+     WHERE d.state = 'ready' AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.name)
+       FOR UPDATE SKIP LOCKED
+  )
+  UPDATE pgtestpool.databases d
+     SET state = 'dropping', drop_reason = 'entered while ready (' || e.who || ')', dropping_since = clock_timestamp()
+    FROM entered e WHERE d.id = e.id AND d.state = 'ready'
+  RETURNING d.name, e.who
+$$;
+
+-- (ready | claimed) -> dropping: the database was dropped behind our back (by hand): never hand
+-- out a name that does not exist.
+CREATE OR REPLACE FUNCTION pgtestpool.forget_vanished() RETURNS TABLE (name text, was text)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH gone AS (
+    SELECT d.id, d.state FROM pgtestpool.databases d
+     WHERE d.state IN ('ready', 'claimed')
+       AND NOT EXISTS (SELECT 1 FROM pg_database db WHERE db.datname = d.name OR db.oid = d.db_oid)
+       FOR UPDATE SKIP LOCKED
+  )
+  UPDATE pgtestpool.databases d
+     SET state = 'dropping', drop_reason = 'its database was dropped outside pgtestpool', dropping_since = clock_timestamp()
+    FROM gone WHERE d.id = gone.id
+  RETURNING d.name, gone.state
+$$;
+
+-- What the drop job needs: dropping rows not in flight, the name the clone has now (a test may
+-- have renamed it), its connections, and whether a released clone is still in its grace period.
+CREATE OR REPLACE FUNCTION pgtestpool.drops_due(in_flight text[], grace interval, max_rows integer)
+RETURNS TABLE (name text, current_name text, reason text, connections bigint, in_grace boolean)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT d.name, coalesce((SELECT db.datname::text FROM pg_database db WHERE db.oid = d.db_oid), d.name), d.drop_reason, c.n,
+         c.n > 0 AND coalesce(d.dropping_since, '-infinity') > clock_timestamp() - grace
+    FROM pgtestpool.databases d,
+         LATERAL (SELECT count(*) AS n FROM pg_stat_activity a
+                   WHERE a.datid = d.db_oid OR a.datname = d.name) c
+   WHERE d.state = 'dropping' AND NOT (d.name = ANY(in_flight))
+   ORDER BY d.id
+   LIMIT max_rows
+$$;
+
+-- dropping -> tombstone: the drop finished. Returns who had claimed it, for the log.
+CREATE OR REPLACE FUNCTION pgtestpool.mark_dropped(db_name text)
+RETURNS TABLE (claimed_pid integer, claimed_role text, claimed_application text)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH gone AS (
+    DELETE FROM pgtestpool.databases d WHERE d.name = db_name AND d.state = 'dropping'
+    RETURNING d.id, d.name, d.template, d.created_at, d.claimed_at, d.claimed_pid, d.claimed_role,
+              d.claimed_application, d.claimed_addr, d.drop_reason, clock_timestamp() AS dropped_at
+  ), tomb AS (
+    INSERT INTO pgtestpool.dropped SELECT * FROM gone
+  ), last_claim AS (
+    UPDATE pgtestpool.templates t SET last_claimed_at = gone.claimed_at
+      FROM gone
+     WHERE t.name = gone.template AND gone.claimed_at > coalesce(t.last_claimed_at, '-infinity')
+  )
+  SELECT gone.claimed_pid, gone.claimed_role, gone.claimed_application FROM gone
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Template state functions (sidecar only)
+-- ---------------------------------------------------------------------------------------------
+
 -- Template database names carry the content hash, so a rebuilt template never shares a name.
 CREATE OR REPLACE FUNCTION pgtestpool.template_db_name(template text, hash text) RETURNS text
 LANGUAGE sql STABLE
@@ -378,30 +515,89 @@ AS $$
                 (SELECT value FROM pgtestpool.settings WHERE key = 'instance'), left(hash, 12))
 $$;
 
--- 'creating' rows with no CREATE in flight (a worker connection died mid-job): their database,
--- if any, must go.
-CREATE OR REPLACE FUNCTION pgtestpool.abandon_creating(in_flight text[]) RETURNS TABLE (name text)
+-- -> building, serving nothing: a new or stale version is not served while its replacement builds
+-- (tests right after a restart with edited files must get the new schema). Returns the database
+-- that served before, if any, for the caller to drop once its clones are retired.
+CREATE OR REPLACE FUNCTION pgtestpool.template_building(tpl text, min_ready integer, owner text) RETURNS text
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  UPDATE pgtestpool.databases d SET state = 'dropping', drop_reason = 'creation interrupted'
-   WHERE d.state = 'creating' AND NOT (d.name = ANY(in_flight))
-  RETURNING d.name
+  WITH old AS (SELECT t.database FROM pgtestpool.templates t WHERE t.name = tpl),
+  upsert AS (
+    INSERT INTO pgtestpool.templates (name, state, min_ready, owner) VALUES (tpl, 'building', min_ready, owner)
+    ON CONFLICT (name) DO UPDATE SET state = 'building', database = NULL, hash = NULL, error = NULL, hint = NULL,
+                                     min_ready = excluded.min_ready, owner = excluded.owner, updated_at = now()
+  )
+  SELECT database FROM old
 $$;
 
--- Rows whose database was dropped behind our back (by hand): never hand out a name that does not exist.
-CREATE OR REPLACE FUNCTION pgtestpool.forget_vanished() RETURNS TABLE (name text, was text)
+-- ready -> building, still serving the current version (watch saw an edit).
+CREATE OR REPLACE FUNCTION pgtestpool.template_rebuilding(tpl text) RETURNS void
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  WITH gone AS (
-    SELECT d.id, d.state FROM pgtestpool.databases d
-     WHERE d.state IN ('ready', 'claimed') AND NOT EXISTS (SELECT 1 FROM pg_database db WHERE db.datname = d.name)
-       FOR UPDATE
+  UPDATE pgtestpool.templates SET state = 'building', updated_at = now() WHERE name = tpl
+$$;
+
+-- building -> ready: the new version serves. Ready clones of the one it replaces are retired
+-- (claimed ones stay with their tests). Returns the replaced template database, if any.
+CREATE OR REPLACE FUNCTION pgtestpool.template_built(tpl text, db text, content_hash text, ms integer, owner text) RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+  old text;
+BEGIN
+  SELECT t.database INTO old FROM pgtestpool.templates t WHERE t.name = tpl FOR UPDATE;
+  UPDATE pgtestpool.templates t
+     SET state = 'ready', database = db, hash = content_hash, error = NULL, hint = NULL, owner = template_built.owner,
+         build_ms = ms, built_at = now(), updated_at = now()
+   WHERE t.name = tpl;
+  IF old IS NOT NULL AND old <> db THEN
+    PERFORM pgtestpool.retire_clones(tpl, old, 'template rebuilt');
+    RETURN old;
+  END IF;
+  RETURN NULL;
+END
+$fn$;
+
+-- (any) -> ready: an unchanged version reused at start.
+CREATE OR REPLACE FUNCTION pgtestpool.template_reused(tpl text, min_ready integer, owner text) RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  UPDATE pgtestpool.templates t SET min_ready = template_reused.min_ready, owner = template_reused.owner, updated_at = now()
+   WHERE t.name = tpl
+$$;
+
+-- failed -> ready: the inputs are back to the serving version (an edit undone).
+CREATE OR REPLACE FUNCTION pgtestpool.template_serving_again(tpl text) RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  UPDATE pgtestpool.templates SET state = 'ready', error = NULL, hint = NULL, updated_at = now() WHERE name = tpl
+$$;
+
+-- -> failed, with the error and (apart) a hint. A version that served keeps serving.
+CREATE OR REPLACE FUNCTION pgtestpool.template_failed(tpl text, message text, hint text) RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  UPDATE pgtestpool.templates t SET state = 'failed', error = message, hint = template_failed.hint, updated_at = now()
+   WHERE t.name = tpl
+$$;
+
+-- Templates no longer in the config: forgotten, their ready clones retired. Returns their databases.
+CREATE OR REPLACE FUNCTION pgtestpool.templates_removed(configured text[]) RETURNS TABLE (name text, database text)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH gone AS (DELETE FROM pgtestpool.templates t WHERE NOT (t.name = ANY(configured)) RETURNING t.name, t.database),
+  retired AS (
+    UPDATE pgtestpool.databases d SET state = 'dropping', drop_reason = 'template removed from config', dropping_since = clock_timestamp()
+      FROM gone WHERE d.template = gone.name AND d.state IN ('ready', 'creating')
   )
-  UPDATE pgtestpool.databases d SET state = 'dropping', drop_reason = 'its database was dropped outside pgtestpool'
-    FROM gone WHERE d.id = gone.id
-  RETURNING d.name, gone.state
+  SELECT gone.name, gone.database FROM gone
 $$;
 
 -- Databases this installation made (prefix and instance tag: another pool on the same server,
@@ -413,85 +609,32 @@ AS $$
   SELECT db.datname::text, db.datistemplate
     FROM pg_database db
    WHERE db.datname LIKE 'pgtp\_%\_' || (SELECT value FROM pgtestpool.settings WHERE key = 'instance') || '\_%'
-     AND NOT EXISTS (SELECT 1 FROM pgtestpool.databases d WHERE d.name = db.datname)
+     AND NOT EXISTS (SELECT 1 FROM pgtestpool.databases d WHERE d.name = db.datname OR d.db_oid = db.oid)
      AND NOT EXISTS (SELECT 1 FROM pgtestpool.templates t WHERE t.database = db.datname)
 $$;
 
--- Per template: what the pool holds, for the sidecar's refill plan. (Dropped first: its result
--- columns grew, which CREATE OR REPLACE cannot do.)
-DROP FUNCTION IF EXISTS pgtestpool.pool_state();
-CREATE OR REPLACE FUNCTION pgtestpool.pool_state()
-RETURNS TABLE (template text, database text, min_ready integer, ready bigint, creating bigint, total_in_use bigint,
-               last_claimed_at timestamptz, claimed bigint)
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-  SELECT t.name, t.database, t.min_ready,
-         count(d.id) FILTER (WHERE d.state = 'ready' AND d.source = t.database),
-         count(d.id) FILTER (WHERE d.state = 'creating'),
-         -- what counts against pool.max_databases, over all templates (also ones removed from the config
-         -- whose claims are still out): every clone that exists or is being made, including those
-         -- waiting to be dropped, so memory stays bounded when drops are deferred under demand
-         (SELECT count(*) FROM pgtestpool.databases a WHERE a.state IN ('ready', 'creating', 'claimed', 'dropping')),
-         greatest(max(d.claimed_at), t.last_claimed_at),
-         count(d.id) FILTER (WHERE d.state = 'claimed')
-    FROM pgtestpool.templates t
-    LEFT JOIN pgtestpool.databases d ON d.template = t.name
-   GROUP BY t.name
-$$;
+-- ---------------------------------------------------------------------------------------------
+-- Heartbeat and health (sidecar only; health() for the image's HEALTHCHECK)
+-- ---------------------------------------------------------------------------------------------
 
--- Ready clones beyond a template's min_ready (min_ready was lowered, or a template was dropped
--- from the config): marked for dropping, newest first, so memory follows the config.
-CREATE OR REPLACE FUNCTION pgtestpool.trim_surplus() RETURNS TABLE (name text, template text, reason text)
-LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-  UPDATE pgtestpool.databases d
-     SET state = 'dropping', drop_reason = format('surplus: more ready than min_ready (%s)', s.min_ready)
-    FROM (SELECT r.id, t.min_ready, row_number() OVER (PARTITION BY r.template ORDER BY r.id) AS n
-            FROM pgtestpool.databases r JOIN pgtestpool.templates t ON t.name = r.template
-           WHERE r.state = 'ready') s
-   -- d.state again: a claim that committed meanwhile must not be dropped under its test.
-   WHERE d.id = s.id AND s.n > s.min_ready AND d.state = 'ready'
-  RETURNING d.name, d.template, d.drop_reason
-$$;
-
--- Sidecar heartbeat and housekeeping: failed rows and tombstones are kept ten minutes.
+-- Sidecar heartbeat and housekeeping: tombstones are kept ten minutes.
 CREATE OR REPLACE FUNCTION pgtestpool.heartbeat() RETURNS void
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
   INSERT INTO pgtestpool.settings (key, value) VALUES ('sidecar_seen', clock_timestamp()::text)
   ON CONFLICT (key) DO UPDATE SET value = excluded.value;
-  -- The first moment, since the sidecar started, that every template is built and every pool full.
+  -- The first moment, since the sidecar started, that every template is built and every pool filled.
   INSERT INTO pgtestpool.settings (key, value)
   SELECT 'filled_at', clock_timestamp()::text
    WHERE EXISTS (SELECT 1 FROM pgtestpool.templates)
      AND NOT EXISTS (SELECT 1 FROM pgtestpool.pool_state() p JOIN pgtestpool.templates t ON t.name = p.template
-                      WHERE t.state <> 'ready' OR p.ready < p.min_ready)
+                      WHERE t.state <> 'ready' OR NOT p.filled)
   ON CONFLICT (key) DO NOTHING;
-  DELETE FROM pgtestpool.databases WHERE state = 'failed' AND created_at < now() - interval '10 minutes';
   DELETE FROM pgtestpool.dropped WHERE dropped_at < now() - interval '10 minutes';
 $$;
 
--- A drop finished: the row becomes a tombstone.
-CREATE OR REPLACE FUNCTION pgtestpool.mark_dropped(db_name text) RETURNS void
-LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-  WITH gone AS (
-    DELETE FROM pgtestpool.databases d WHERE d.name = db_name AND d.state = 'dropping'
-    RETURNING d.id, d.name, d.template, d.created_at, d.claimed_at, d.claimed_pid, d.claimed_role,
-              d.claimed_application, d.claimed_addr, d.drop_reason, clock_timestamp() AS dropped_at
-  ), tomb AS (
-    INSERT INTO pgtestpool.dropped SELECT * FROM gone
-  )
-  UPDATE pgtestpool.templates t SET last_claimed_at = gone.claimed_at
-    FROM gone
-   WHERE t.name = gone.template AND gone.claimed_at > coalesce(t.last_claimed_at, '-infinity');
-$$;
-
--- For the image's HEALTHCHECK: 'ok', or why not.
+-- 'ok', or why not.
 CREATE OR REPLACE FUNCTION pgtestpool.health() RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -502,6 +645,7 @@ AS $$
       THEN format('the sidecar was last seen %s s ago', round(extract(epoch FROM clock_timestamp() - seen)))
     WHEN failed IS NOT NULL THEN 'template build failed: ' || failed
     WHEN building IS NOT NULL THEN 'building templates: ' || building
+    WHEN filled IS NULL AND clones_failing IS NOT NULL THEN 'creating clones fails: ' || clones_failing
     WHEN filled IS NULL THEN 'filling pools: ' || coalesce(filling, 'starting')
     ELSE 'ok'
   END
@@ -509,6 +653,7 @@ AS $$
                (SELECT value FROM pgtestpool.settings WHERE key = 'filled_at') AS filled,
                (SELECT string_agg(format('%s: %s', name, error), '; ') FROM pgtestpool.templates WHERE state = 'failed') AS failed,
                (SELECT string_agg(name, ', ') FROM pgtestpool.templates WHERE state = 'building') AS building,
+               (SELECT string_agg(format('%s: %s', name, clone_error), '; ') FROM pgtestpool.templates WHERE clone_error IS NOT NULL) AS clones_failing,
                (SELECT string_agg(format('%s %s/%s ready', template, ready, min_ready), ', ') FROM pgtestpool.pool_state()) AS filling) x
 $$;
 

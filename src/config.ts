@@ -42,7 +42,8 @@ export interface Config {
     /** A template unclaimed this long lends its ready clones to one that needs them when the budget is spent. */
     lendAfterMs: number;
   };
-  lease: { idleTimeoutMs: number; maxDurationMs: number };
+  /** releaseGraceMs: how long a released clone's connections may take to close before the drop forces them. */
+  lease: { idleTimeoutMs: number; maxDurationMs: number; releaseGraceMs: number };
   claim: { timeoutMs: number };
 }
 
@@ -275,9 +276,10 @@ export function parseConfig(text: string, file: string): Config {
   const pollIntervalMs = c.duration(pool, 'poll_interval', 'pool.poll_interval', 1000, 50);
   const lendAfterMs = c.duration(pool, 'lend_after', 'pool.lend_after', 60_000, 0);
 
-  const lease = c.section(doc, 'lease', 'lease', ['idle_timeout', 'max_duration']);
+  const lease = c.section(doc, 'lease', 'lease', ['idle_timeout', 'max_duration', 'release_grace']);
   const idleTimeoutMs = c.duration(lease, 'idle_timeout', 'lease.idle_timeout', 30_000, 0);
   const maxDurationMs = c.duration(lease, 'max_duration', 'lease.max_duration', 3_600_000, 1000);
+  const releaseGraceMs = c.duration(lease, 'release_grace', 'lease.release_grace', 2_000, 0);
 
   const claim = c.section(doc, 'claim', 'claim', ['timeout']);
   const timeoutMs = c.duration(claim, 'timeout', 'claim.timeout', 30_000, 0);
@@ -293,7 +295,7 @@ export function parseConfig(text: string, file: string): Config {
     dir,
     templates,
     pool: { maxDatabases, strategy, concurrency, pollIntervalMs, lendAfterMs },
-    lease: { idleTimeoutMs, maxDurationMs },
+    lease: { idleTimeoutMs, maxDurationMs, releaseGraceMs },
     claim: { timeoutMs },
   };
 }

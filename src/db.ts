@@ -1,8 +1,6 @@
 // Connection settings for the server the sidecar attaches to, and small query helpers.
-import { readdirSync, readFileSync } from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { errorMessage, log } from './log.ts';
 
 export type ConnConfig = pg.ClientConfig;
 
@@ -64,26 +62,15 @@ export function describeConn(conn: ConnConfig): string {
   return `${conn.user ?? 'postgres'}@${conn.host ?? 'localhost'}:${conn.port ?? 5432}/${conn.database ?? 'postgres'}`;
 }
 
+/**
+ * A client that never crashes the process: a connection lost while idle (a server restart)
+ * emits 'error', which without a listener is an uncaught exception; a query in flight fails anyway.
+ */
 export async function connect(conn: ConnConfig, applicationName = 'pgtestpool'): Promise<pg.Client> {
   const client = new pg.Client({ ...conn, application_name: applicationName });
+  client.on('error', (err) => log.debug(`${applicationName}: connection lost: ${errorMessage(err)}`));
   await client.connect();
   return client;
-}
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-export const INITDB_DIR = path.resolve(here, '..', 'initdb');
-
-/** The API install files, in order, loaded verbatim. */
-export function apiFiles(): { file: string; text: string }[] {
-  return readdirSync(INITDB_DIR)
-    .filter((f) => f.endsWith('.sql'))
-    .sort()
-    .map((f) => ({ file: path.join(INITDB_DIR, f), text: readFileSync(path.join(INITDB_DIR, f), 'utf8') }));
-}
-
-/** Installs (or upgrades in place) the SQL API; idempotent. */
-export async function installApi(client: pg.Client): Promise<void> {
-  for (const { text } of apiFiles()) await client.query(text);
 }
 
 export function serverMajor(versionNum: string | number): number {
@@ -95,13 +82,20 @@ export type Queryable = Pick<pg.Pool, 'query'>;
 
 /**
  * Drops a database the pool made. FORCE: a test that leaked a connection must not block the drop
- * forever. A template must stop being one first.
+ * forever. A template must stop being one first, and so must a clone a test made one
+ * (ALTER DATABASE … IS_TEMPLATE true, which its owner may do): that is undone and the drop retried.
  */
 export async function dropDatabase(q: Queryable, name: string, opts: { template?: boolean } = {}): Promise<void> {
-  if (opts.template) {
-    await q.query(`ALTER DATABASE ${ident(name)} WITH IS_TEMPLATE false`).catch((err: { code?: string }) => {
+  const untemplate = () =>
+    q.query(`ALTER DATABASE ${ident(name)} WITH IS_TEMPLATE false`).catch((err: { code?: string }) => {
       if (err.code !== '3D000') throw err; // already gone
     });
+  if (opts.template) await untemplate();
+  try {
+    await q.query(`DROP DATABASE IF EXISTS ${ident(name)} WITH (FORCE)`);
+  } catch (err) {
+    if (!/cannot drop a template database/.test(errorMessage(err))) throw err;
+    await untemplate();
+    await q.query(`DROP DATABASE IF EXISTS ${ident(name)} WITH (FORCE)`);
   }
-  await q.query(`DROP DATABASE IF EXISTS ${ident(name)} WITH (FORCE)`);
 }

@@ -1,12 +1,19 @@
 // Cleans up what tests and crashes leave behind: at start, half-created clones and databases no
-// row accounts for; on every poll, claims whose session is gone (or that ran past max_duration).
+// row accounts for; on every poll, claims whose session is gone (or that ran past max_duration),
+// ready clones someone entered, and the control tables' dead rows.
 import type pg from 'pg';
 import type { Config } from './config.ts';
 import { formatDuration } from './config.ts';
 import { errorMessage, log } from './log.ts';
 import { dropDatabase } from './db.ts';
 
+/** How often the control tables are vacuumed: each claim and drop leaves dead row versions. */
+const VACUUM_EVERY_MS = 1_000;
+const CONTROL_TABLES = ['pgtestpool.databases', 'pgtestpool.templates', 'pgtestpool.settings', 'pgtestpool.dropped'];
+
 export class Janitor {
+  private lastVacuum = 0;
+
   constructor(
     private readonly db: pg.Pool,
     private readonly config: Config,
@@ -17,10 +24,7 @@ export class Janitor {
    * sidecar can have a CREATE in flight: every 'creating' row is a leftover.
    */
   async reconcile(): Promise<void> {
-    const { rows: halfCreated } = await this.db.query<{ name: string }>(
-      `UPDATE pgtestpool.databases SET state = 'dropping', drop_reason = 'half-created (the sidecar stopped during CREATE)'
-        WHERE state = 'creating' RETURNING name`,
-    );
+    const { rows: halfCreated } = await this.db.query<{ name: string }>('SELECT name FROM pgtestpool.reconcile_creating() name');
     for (const r of halfCreated) log.info(`reconcile: ${r.name} was half-created; it will be dropped`);
 
     // Only databases with our prefix that no row accounts for; nothing else on the server is touched.
@@ -40,12 +44,25 @@ export class Janitor {
     await this.db.query('SELECT pgtestpool.heartbeat()');
     const { rows: vanished } = await this.db.query<{ name: string; was: string }>('SELECT * FROM pgtestpool.forget_vanished()');
     for (const v of vanished) log.warn(`${v.name} (${v.was}) no longer exists: it was dropped outside pgtestpool`);
+    const { rows: entered } = await this.db.query<{ name: string; entered_by: string }>('SELECT * FROM pgtestpool.retire_entered()');
+    for (const e of entered) log.warn(`${e.name} was entered while ready (${JSON.stringify(e.entered_by)}): it will never be handed out, and is dropped`);
     const { rows } = await this.db.query<{ name: string; template: string; claimed_pid: number; reason: string }>(
       'SELECT * FROM pgtestpool.reclaim($1::interval, $2::interval)',
       [`${this.config.lease.idleTimeoutMs} milliseconds`, `${this.config.lease.maxDurationMs} milliseconds`],
     );
     for (const r of rows) log.info(`reclaimed ${r.name} (template ${JSON.stringify(r.template)}, claimed by pid ${r.claimed_pid}): ${r.reason}`);
+    await this.vacuum();
     return rows.length;
+  }
+
+  /**
+   * Keeps the control tables small whatever autovacuum does (it may not come round for minutes,
+   * and every refill plan reads the pool's table). SKIP_LOCKED: never wait for anyone.
+   */
+  private async vacuum(): Promise<void> {
+    if (Date.now() - this.lastVacuum < VACUUM_EVERY_MS) return;
+    this.lastVacuum = Date.now();
+    await this.db.query(`VACUUM (SKIP_LOCKED) ${CONTROL_TABLES.join(', ')}`).catch((err) => log.debug(`vacuum: ${errorMessage(err)}`));
   }
 
   describe(): string {

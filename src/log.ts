@@ -17,11 +17,24 @@ export function redact(text: string): string {
     .replace(/(password\s*=\s*)('[^']*'|\S+)/gi, '$1***');
 }
 
+/**
+ * Every entry starts with a timestamp; continuation lines are indented and control characters
+ * escaped, so text that came from a client (an error message, a role name) cannot forge an entry.
+ */
+export function formatEntry(level: Level, msg: string, at = new Date()): string {
+  const tag = level === 'info' ? '' : `${level.toUpperCase()}: `;
+  const body = redact(msg)
+    .replace(/\r\n?/g, '\n')
+    .replace(/[\x00-\x08\x0b-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)
+    .split('\n')
+    .join('\n    ');
+  return `${at.toISOString()} pgtestpool: ${tag}${body}\n`;
+}
+
 function write(level: Level, msg: string): void {
   if (quiet && level !== 'error') return;
   if (level === 'debug' && !debugOn) return;
-  const tag = level === 'info' ? '' : `${level.toUpperCase()}: `;
-  process.stderr.write(`${new Date().toISOString()} pgtestpool: ${tag}${redact(msg)}\n`);
+  process.stderr.write(formatEntry(level, msg));
 }
 
 export const log = {

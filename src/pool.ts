@@ -5,20 +5,11 @@ import pg, { escapeLiteral } from 'pg';
 import type { Config, Strategy } from './config.ts';
 import { connect, dropDatabase, forDatabase, ident, type ConnConfig } from './db.ts';
 import { errorMessage, log } from './log.ts';
+import type { PoolStateRow } from './states.ts';
 import { cloneSetupSql } from './templates.ts';
 
-interface PoolStateRow {
-  template: string;
-  database: string | null;
-  min_ready: number;
-  ready: string;
-  creating: string;
-  total_in_use: string;
-  last_claimed_at: Date | null;
-  claimed: string;
-}
-
-type Job = { kind: 'create'; name: string; source: string; template: string } | { kind: 'drop'; name: string; reason: string };
+/** A drop's `current` name differs from `name` when a test renamed its clone. */
+type Job = { kind: 'create'; name: string; source: string; template: string } | { kind: 'drop'; name: string; current: string; reason: string };
 
 export interface PoolOptions {
   conn: ConnConfig;
@@ -30,9 +21,12 @@ export interface PoolOptions {
 }
 
 const MAX_BACKOFF_MS = 30_000;
+/** How soon to look again at a released clone whose connections are still closing. */
+const GRACE_RECHECK_MS = 50;
 /** As a literal statement: it shares a multi-statement round trip, which cannot take parameters. */
-const markReadySql = (name: string) =>
-  `UPDATE pgtestpool.databases SET state = 'ready', ready_at = clock_timestamp() WHERE name = ${escapeLiteral(name)} AND state = 'creating'`;
+const cloneReadySql = (name: string) => `SELECT pgtestpool.clone_ready(${escapeLiteral(name)}) AS ready`;
+
+const noop = () => {};
 
 export class Pool {
   /**
@@ -45,7 +39,10 @@ export class Pool {
   private readonly notBefore = new Map<string, { until: number; delay: number }>();
   private tick: Promise<void> | null = null;
   private again = false;
+  /** Off until start(): a NOTIFY must not plan clones of templates not yet prepared. */
+  private started = false;
   private stopped = false;
+  private graceTimer: NodeJS.Timeout | null = null;
   private lastAbandonCheck = 0;
   private readonly strategyClause: string;
 
@@ -59,9 +56,15 @@ export class Pool {
     return this.opts.config.pool.concurrency - this.inFlight.size;
   }
 
+  /** Planning begins: call once the templates are prepared. */
+  start(): void {
+    this.started = true;
+    this.wake();
+  }
+
   /** Re-plan soon. Cheap and safe to call from anywhere, any number of times. */
   wake(): void {
-    if (this.stopped) return;
+    if (!this.started || this.stopped) return;
     if (this.tick) {
       this.again = true;
       return;
@@ -87,16 +90,19 @@ export class Pool {
     if (now - this.lastAbandonCheck >= this.opts.config.pool.pollIntervalMs) {
       // Runs here, between inserts and dispatches, so every live 'creating' row is in inFlight.
       this.lastAbandonCheck = now;
-      const { rows } = await db.query<{ name: string }>('SELECT * FROM pgtestpool.abandon_creating($1)', [[...this.inFlight.keys()]]);
+      const { rows } = await db.query<{ name: string }>('SELECT name FROM pgtestpool.abandon_creating($1) name', [[...this.inFlight.keys()]]);
       for (const r of rows) log.warn(`${r.name}: its creation was interrupted; it will be dropped`);
     }
     const { rows } = await db.query<PoolStateRow>('SELECT * FROM pgtestpool.pool_state()');
-    let budget = this.opts.config.pool.maxDatabases - Number(rows[0]?.total_in_use ?? 0);
+    let budget = this.opts.config.pool.maxDatabases - Number(rows[0]?.in_use ?? 0);
+    const dropping = rows.reduce((n, r) => n + Number(r.dropping), 0);
     const needs = rows
       .filter((r) => r.database !== null && (this.notBefore.get(`t:${r.template}`)?.until ?? 0) <= now)
       .map((r) => ({ row: r, need: r.min_ready - Number(r.ready) - Number(r.creating), idle: this.idle(r, now) }));
 
-    if (budget <= 0 && (await this.lend(rows, needs, now))) budget++;
+    // Lending marks a clone for dropping; the budget it frees is spent once that drop is done.
+    // While drops are pending they free budget anyway: lend nothing more meanwhile.
+    if (budget <= 0 && dropping === 0) await this.lend(rows, needs, now);
 
     // Creates first: a test may be waiting for one; drops only free memory and can wait.
     while (this.free > 0 && budget > 0 && !this.stopped) {
@@ -111,8 +117,8 @@ export class Pool {
       const c = created[0];
       if (!c) break;
       if (this.stopped) {
-        // Stopping began while the row was inserted: nothing was created, so nothing to keep.
-        await db.query(`DELETE FROM pgtestpool.databases WHERE name = $1 AND state = 'creating'`, [c.name]);
+        // Stopping began while the row was inserted: nothing was created; the next start drops it.
+        await db.query('SELECT pgtestpool.clone_failed($1, $2)', [c.name, 'the sidecar stopped before creating it']);
         return;
       }
       next.need--;
@@ -122,16 +128,31 @@ export class Pool {
     }
     if (this.free <= 0 || this.stopped) return;
 
-    const { rows: drops } = await db.query<{ name: string; drop_reason: string | null }>(
-      `SELECT name, drop_reason FROM pgtestpool.databases
-        WHERE state = 'dropping' AND NOT (name = ANY($1)) ORDER BY id LIMIT 100`,
-      [[...this.inFlight.keys()]],
+    // A released clone's connections get lease.release_grace to close before the drop forces
+    // them: a client closing its own pool as it releases must not see its sessions killed.
+    const { rows: drops } = await db.query<{ name: string; current_name: string; reason: string | null; in_grace: boolean }>(
+      'SELECT * FROM pgtestpool.drops_due($1, $2::interval, 100)',
+      [[...this.inFlight.keys()], `${this.opts.config.lease.releaseGraceMs} milliseconds`],
     );
+    let waiting = false;
     for (const d of drops) {
       if (this.free <= 0 || this.stopped) break;
+      if (d.in_grace) {
+        waiting = true;
+        continue;
+      }
       if ((this.notBefore.get(`d:${d.name}`)?.until ?? 0) > now) continue;
-      this.dispatch({ kind: 'drop', name: d.name, reason: d.drop_reason ?? 'released' });
+      this.dispatch({ kind: 'drop', name: d.name, current: d.current_name, reason: d.reason ?? 'released' });
     }
+    if (waiting) this.wakeIn(GRACE_RECHECK_MS);
+  }
+
+  private wakeIn(ms: number): void {
+    if (this.graceTimer || this.stopped) return;
+    this.graceTimer = setTimeout(() => {
+      this.graceTimer = null;
+      this.wake();
+    }, ms);
   }
 
   /**
@@ -139,25 +160,18 @@ export class Pool {
    * has claimed for pool.lend_after, so busy templates are not starved by idle ones. The lender
    * refills when budget frees up again.
    */
-  private async lend(rows: PoolStateRow[], needs: { row: PoolStateRow; need: number; idle: boolean }[], now: number): Promise<boolean> {
+  private async lend(rows: PoolStateRow[], needs: { row: PoolStateRow; need: number; idle: boolean }[], now: number): Promise<void> {
     const starving = needs.filter((n) => n.need > 0 && !n.idle).sort((a, b) => b.need - a.need)[0];
-    if (!starving) return false;
+    if (!starving) return;
     const lender = rows
       .filter((r) => r.template !== starving.row.template && Number(r.ready) > 0 && this.idle(r, now))
       .sort((a, b) => Number(b.ready) - Number(a.ready))[0];
-    if (!lender) return false;
-    const { rows: lent } = await this.opts.db.query<{ name: string }>(
-      `UPDATE pgtestpool.databases SET state = 'dropping', drop_reason = $3
-        WHERE id = (SELECT id FROM pgtestpool.databases WHERE template = $1 AND state = 'ready' AND source = $2
-                       -- a clone just made may be what a waiting claim of the lender is about to take
-                       AND ready_at < clock_timestamp() - interval '1 second'
-                     ORDER BY id DESC LIMIT 1 FOR UPDATE SKIP LOCKED)
-       RETURNING name`,
-      [lender.template, lender.database, `budget lent to template ${JSON.stringify(starving.row.template)} (${JSON.stringify(lender.template)} unclaimed)`],
-    );
-    if (!lent[0]) return false;
-    log.info(`${lent[0].name}: template ${JSON.stringify(lender.template)} is unclaimed; its clone makes room for ${JSON.stringify(starving.row.template)}`);
-    return true;
+    if (!lender) return;
+    const { rows: lent } = await this.opts.db.query<{ name: string }>('SELECT name FROM pgtestpool.lend_clone($1, $2) name', [
+      lender.template,
+      `budget lent to template ${JSON.stringify(starving.row.template)} (${JSON.stringify(lender.template)} unclaimed)`,
+    ]);
+    if (lent[0]) log.info(`${lent[0].name}: template ${JSON.stringify(lender.template)} is unclaimed; its clone makes room for ${JSON.stringify(starving.row.template)}`);
   }
 
   /** Unused: no claim outstanding and none for pool.lend_after. */
@@ -178,66 +192,77 @@ export class Pool {
   private async create(job: Extract<Job, { kind: 'create' }>): Promise<void> {
     const started = performance.now();
     const name = ident(job.name);
-    let readyRows = 0;
+    let becameReady = false;
     // The row lock is held from before CREATE until the clone is ready: a claim that finds the pool
     // empty waits on it (see claim_test_db) and wakes the moment the clone commits, instead of polling.
     const holder = await this.workers.connect();
+    holder.on('error', noop); // a connection lost between queries: the next query fails instead
     let holding = false;
     let failed = false;
     try {
       await holder.query(`BEGIN; SELECT 1 FROM pgtestpool.databases WHERE name = ${escapeLiteral(job.name)} FOR UPDATE`);
       holding = true;
-      // Born closed: new databases are open to PUBLIC, and nobody may slip in before the REVOKE
-      // (a session already connected would outlive it). The claim grants CONNECT to the claimer.
+      // Born closed, and ready clones stay closed, even to superusers: the claim opens its clone
+      // in the claiming transaction, so nobody enters one whose claim has not committed.
       await this.workers.query(`CREATE DATABASE ${name} TEMPLATE ${ident(job.source)}${this.strategyClause} ALLOW_CONNECTIONS false`);
-      // The REVOKE, the template's per-clone settings and grants, then open it.
+      // The REVOKE (new databases are open to PUBLIC), the template's per-clone settings and grants.
       const template = this.opts.config.templates.find((t) => t.name === job.template);
-      const setup = [`REVOKE CONNECT, TEMPORARY ON DATABASE ${name} FROM PUBLIC`, ...cloneSetupSql(template, job.name), `ALTER DATABASE ${name} ALLOW_CONNECTIONS true`];
-      const ready = markReadySql(job.name);
+      const setup = [`REVOKE CONNECT, TEMPORARY ON DATABASE ${name} FROM PUBLIC`, ...cloneSetupSql(template, job.name)];
+      const ready = cloneReadySql(job.name);
       let results: pg.QueryResult[];
       if (this.opts.strategy === 'wal_log') {
         // WAL_LOG does not copy the relcache init file; one connection here builds it, so the
-        // test's first connection does not pay for it. It needs the opening committed first.
-        await this.workers.query(setup.join(';\n'));
+        // test's first connection does not pay for it. Opened for that moment only.
+        await this.workers.query([...setup, `ALTER DATABASE ${name} ALLOW_CONNECTIONS true`].join(';\n'));
         const warm = await connect(forDatabase(this.opts.conn, job.name), 'pgtestpool warm-up');
         await warm.end();
-        results = (await holder.query(`${ready}; COMMIT`)) as unknown as pg.QueryResult[];
+        results = (await holder.query([`ALTER DATABASE ${name} ALLOW_CONNECTIONS false`, ready, 'COMMIT'].join(';\n'))) as unknown as pg.QueryResult[];
       } else {
-        // One round trip and one transaction: opened, ready and unlocked together.
+        // One round trip and one transaction: set up, ready and unlocked together.
         results = (await holder.query([...setup, ready, 'COMMIT'].join(';\n'))) as unknown as pg.QueryResult[];
       }
       holding = false;
-      readyRows = results.at(-2)?.rowCount ?? 0;
+      becameReady = results.at(-2)?.rows[0]?.ready === true;
     } catch (err) {
       const message = errorMessage(err);
       failed = true;
       if (holding) await holder.query('ROLLBACK').catch(() => {});
-      await dropDatabase(this.workers, job.name).catch(() => {});
-      await this.opts.db.query(`UPDATE pgtestpool.databases SET state = 'failed', error = $2 WHERE name = $1`, [job.name, message]);
+      // The row goes to 'dropping': whatever exists of the clone is dropped by the drop job, with
+      // its retries, and the template keeps the error for claims, status and health.
+      await this.opts.db.query('SELECT pgtestpool.clone_failed($1, $2)', [job.name, message]);
       const delay = this.backoff(`t:${job.template}`);
       log.error(`clone ${job.name} of template ${JSON.stringify(job.template)} failed: ${message} (retrying in ${delay} ms)`);
       return;
     } finally {
+      holder.off('error', noop);
       holder.release(failed); // after a failure, a fresh connection next time
     }
     this.notBefore.delete(`t:${job.template}`);
     const ms = Math.round(performance.now() - started);
-    // 0 rows: the template was rebuilt meanwhile and the row is already marked for dropping.
-    log.info(`clone ${job.name} created in ${ms} ms${readyRows === 0 ? ' (stale: will be dropped)' : ''}`);
+    // Not ready: the template was rebuilt meanwhile and the row is already marked for dropping.
+    log.debug(`clone ${job.name} created in ${ms} ms${becameReady ? '' : ' (stale: will be dropped)'}`);
   }
 
   private async drop(job: Extract<Job, { kind: 'drop' }>): Promise<void> {
     const started = performance.now();
     try {
-      await dropDatabase(this.workers, job.name);
+      await dropDatabase(this.workers, job.current);
     } catch (err) {
       const delay = this.backoff(`d:${job.name}`);
-      log.error(`drop ${job.name} failed: ${errorMessage(err)} (retrying in ${delay} ms)`);
+      log.error(`drop ${job.current} failed: ${errorMessage(err)} (retrying in ${delay} ms)`);
       return;
     }
     this.notBefore.delete(`d:${job.name}`);
-    await this.opts.db.query('SELECT pgtestpool.mark_dropped($1)', [job.name]);
-    log.info(`dropped ${job.name} (${job.reason}) in ${Math.round(performance.now() - started)} ms`);
+    const { rows } = await this.opts.db.query<{ claimed_pid: number | null; claimed_role: string | null; claimed_application: string | null }>(
+      'SELECT * FROM pgtestpool.mark_dropped($1)',
+      [job.name],
+    );
+    const who = rows[0]?.claimed_pid
+      ? `; claimed by role ${JSON.stringify(rows[0].claimed_role)}, pid ${rows[0].claimed_pid}` +
+        (rows[0].claimed_application ? `, application ${JSON.stringify(rows[0].claimed_application)}` : '')
+      : '';
+    const renamed = job.current !== job.name ? ` (renamed to ${JSON.stringify(job.current)} by a test)` : '';
+    log.info(`dropped ${job.name}${renamed} (${job.reason}${who}) in ${Math.round(performance.now() - started)} ms`);
   }
 
   private backoff(key: string): number {
@@ -249,6 +274,7 @@ export class Pool {
   /** Stops planning, waits for the plan and the CREATE/DROP in flight, closes the workers. Idempotent. */
   async stop(): Promise<void> {
     this.stopped = true;
+    if (this.graceTimer) clearTimeout(this.graceTimer);
     await this.tick;
     await Promise.allSettled([...this.inFlight.values()]);
     await this.workers.end().catch(() => {});

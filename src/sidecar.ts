@@ -1,49 +1,100 @@
-// Wires the parts together: installs the SQL API, takes the leader lock, reconciles, builds the
-// templates, then keeps the pool filled (NOTIFY wakes it, a poll timer backs NOTIFY up) and
-// reclaims abandoned claims. start() and stop() are idempotent.
+// Wires the parts together. One Attachment is one life of the connection to PostgreSQL: it
+// installs the SQL API, takes the leader lock, reconciles, prepares and builds the templates,
+// then keeps the pool filled (NOTIFY wakes it, a poll timer backs NOTIFY up) and reclaims
+// abandoned claims. When the connection is lost (a server restart, a crash), the attachment is
+// torn down and a new one made, with backoff: all state is in PostgreSQL, so nothing is lost.
+// start() and stop() are idempotent.
 import { EventEmitter } from 'node:events';
 import pg from 'pg';
 import pgListen, { type Subscriber } from 'pg-listen';
 import type { Config, Strategy } from './config.ts';
-import { connect, describeConn, ident, installApi, serverMajor, type ConnConfig } from './db.ts';
+import { connect, describeConn, ident, serverMajor, type ConnConfig } from './db.ts';
 import { Janitor } from './janitor.ts';
 import { errorMessage, log } from './log.ts';
 import { Pool } from './pool.ts';
+import { installSchema } from './schema.ts';
+import type { StatusRow } from './states.ts';
 import { Templates } from './templates.ts';
+
+export type { StatusRow } from './states.ts';
 
 /** Held for the sidecar's lifetime: two sidecars on one server would fight over the pool. */
 const LEADER_LOCK = 7203551410;
 const CHANNEL = 'pgtestpool';
+const RECONNECT_FIRST_MS = 250;
+const RECONNECT_MAX_MS = 5_000;
+/** Tearing an attachment down waits for work in flight; on a dead connection that fails fast. */
+const CLOSE_LIMIT_MS = 15_000;
 
 // pg-listen is CommonJS with an `exports.default`; from ESM the function sits one level down.
 const createSubscriber = ((pgListen as unknown as { default?: typeof pgListen }).default ?? pgListen) as unknown as typeof pgListen.default;
 
-export interface StatusRow {
-  template: string;
-  build_state: string;
-  ready: number;
-  claimed: number;
-  creating: number;
-  dropping: number;
-  failed: number;
-  min_ready: number;
-  error: string | null;
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+const noop = () => {};
+
+/** Everything that lives on one connection to PostgreSQL. */
+class Attachment {
+  leader: pg.Client | null = null;
+  db: pg.Pool | null = null;
+  subscriber: Subscriber | null = null;
+  pool: Pool | null = null;
+  janitor: Janitor | null = null;
+  templates: Templates | null = null;
+  timer: NodeJS.Timeout | null = null;
+  sweeping: Promise<void> | null = null;
+  initialBuildsDone = false;
+  closing = false;
+  /** Resolves with a reason when the leader connection is lost. */
+  readonly lost: Promise<string>;
+  private loseWith!: (reason: string) => void;
+
+  constructor() {
+    this.lost = new Promise((resolve) => (this.loseWith = resolve));
+  }
+
+  watchLeader(leader: pg.Client): void {
+    leader.on('error', (err) => this.loseWith(errorMessage(err)));
+    leader.on('end', () => this.loseWith('the connection was closed'));
+  }
+
+  async poll(config: Config): Promise<void> {
+    if (this.sweeping || this.closing || !this.janitor) return;
+    this.sweeping = (async () => {
+      try {
+        await this.janitor!.sweep();
+        await this.templates?.retryDrops();
+        // Watching starts once the first builds are done: it must not race them.
+        if (this.initialBuildsDone && config.templates.some((t) => t.watch)) await this.templates?.checkForChanges();
+      } catch (err) {
+        if (!this.closing) log.warn(`janitor: ${errorMessage(err)}`);
+      }
+    })();
+    await this.sweeping;
+    this.sweeping = null;
+    this.pool?.wake();
+  }
+
+  /** Stops everything on this connection; idempotent, never throws. */
+  async close(): Promise<void> {
+    this.closing = true;
+    const steps = async () => {
+      await this.templates?.stop().catch(noop); // a build in progress is cancelled
+      if (this.timer) clearInterval(this.timer);
+      await this.subscriber?.close().catch(noop);
+      await this.pool?.stop().catch(noop);
+      await this.sweeping; // its queries finish before the connections close
+      await this.db?.end().catch(noop);
+      await this.leader?.end().catch(noop);
+    };
+    await Promise.race([steps(), sleep(CLOSE_LIMIT_MS)]);
+  }
 }
 
 export class Sidecar extends EventEmitter {
-  /** Holds the leader lock for our lifetime; its loss means another sidecar may take over, so we stop. */
-  private leader: pg.Client | null = null;
-  /** Short queries from the pool planner, the janitor, the template builder and status(), which run concurrently. */
-  private db: pg.Pool | null = null;
-  private subscriber: Subscriber | null = null;
-  private pool: Pool | null = null;
-  private janitor: Janitor | null = null;
-  private templates: Templates | null = null;
-  private timer: NodeJS.Timeout | null = null;
+  private current: Attachment | null = null;
   private starting: Promise<void> | null = null;
   private stopping: Promise<void> | null = null;
-  private sweeping = false;
-  private initialBuildsDone = false;
+  private recovering: Promise<void> | null = null;
   serverMajor = 0;
 
   constructor(
@@ -53,126 +104,138 @@ export class Sidecar extends EventEmitter {
     super();
   }
 
+  /** Resolves once attached and the first template builds are done; rejects if the first attach fails. */
   start(): Promise<void> {
-    this.starting ??= this.doStart();
+    this.starting ??= this.attach(true).then((a) => this.keep(a));
     return this.starting;
   }
 
-  private async doStart(): Promise<void> {
+  private keep(a: Attachment): void {
+    this.current = a;
+    void a.lost.then((reason) => {
+      if (this.stopping || a.closing) return;
+      log.warn(`lost the connection to PostgreSQL at ${describeConn(this.conn)} (${reason}); reconnecting`);
+      this.recovering = this.recover(a);
+    });
+  }
+
+  /** Tears the lost attachment down and attaches again, with backoff, until it works or we stop. */
+  private async recover(lost: Attachment): Promise<void> {
+    await lost.close();
+    if (this.current === lost) this.current = null;
+    const since = Date.now();
+    for (let delay = RECONNECT_FIRST_MS; !this.stopping; delay = Math.min(delay * 2, RECONNECT_MAX_MS)) {
+      try {
+        const a = await this.attach(false);
+        if (this.stopping) {
+          await a.close();
+          return;
+        }
+        log.info(`reconnected to PostgreSQL after ${((Date.now() - since) / 1000).toFixed(1)} s; the pool resumes`);
+        this.keep(a);
+        return;
+      } catch (err) {
+        if (this.stopping) return;
+        log.warn(`cannot attach to PostgreSQL at ${describeConn(this.conn)} yet: ${errorMessage(err)} (retrying in ${delay} ms)`);
+        await sleep(delay);
+      }
+    }
+  }
+
+  private async attach(first: boolean): Promise<Attachment> {
+    const a = new Attachment();
+    try {
+      await this.setUp(a, first);
+      return a;
+    } catch (err) {
+      await a.close();
+      throw err;
+    }
+  }
+
+  private async setUp(a: Attachment, first: boolean): Promise<void> {
     const leader = await connect(this.conn, 'pgtestpool sidecar');
-    this.leader = leader;
-    // A lost leader connection leaves us blind: stop and let the supervisor restart us.
-    leader.on('error', (err) => this.fatal(`connection to PostgreSQL lost: ${errorMessage(err)}`));
+    a.leader = leader;
+    a.watchLeader(leader);
     this.serverMajor = serverMajor((await leader.query('SHOW server_version_num')).rows[0].server_version_num);
     await checkPrivileges(leader);
-    log.info(`attached to PostgreSQL ${this.serverMajor} at ${describeConn(this.conn)}`);
-    await this.takeLeaderLock(leader);
-    await installApi(leader);
+    if (first) log.info(`attached to PostgreSQL ${this.serverMajor} at ${describeConn(this.conn)}`);
+    await takeLeaderLock(leader);
+    const installed = await installSchema(leader);
+    if (installed.applied.length) log.info(`control schema: applied migration(s) ${installed.applied.join(', ')}`);
     await leader.query(
-      `WITH forget AS (DELETE FROM pgtestpool.settings WHERE key = 'filled_at') -- health: filled since this start
+      // health: "filled" counts from this sidecar's start (not from a reconnect)
+      `WITH forget AS (DELETE FROM pgtestpool.settings WHERE key = 'filled_at' AND $3)
        INSERT INTO pgtestpool.settings (key, value) VALUES ('claim_timeout', $1), ('max_databases', $2)
        ON CONFLICT (key) DO UPDATE SET value = excluded.value`,
-      [`${this.config.claim.timeoutMs} milliseconds`, String(this.config.pool.maxDatabases)],
+      [`${this.config.claim.timeoutMs} milliseconds`, String(this.config.pool.maxDatabases), first],
     );
 
     const db = new pg.Pool({ ...this.conn, application_name: 'pgtestpool sidecar', max: 4, idleTimeoutMillis: 0 });
-    db.on('error', (err) => log.warn(`idle connection: ${errorMessage(err)}`));
-    this.db = db;
-    this.janitor = new Janitor(db, this.config);
-    await this.janitor.reconcile();
-    await this.janitor.sweep();
+    db.on('error', (err) => log.debug(`idle connection: ${errorMessage(err)}`));
+    a.db = db;
+    a.janitor = new Janitor(db, this.config);
+    await a.janitor.reconcile();
+    await a.janitor.sweep();
 
-    const strategy = this.chooseStrategy();
-    this.pool = new Pool({ conn: this.conn, db, config: this.config, strategy });
-    await this.listen();
+    const strategy = this.chooseStrategy(first);
+    a.pool = new Pool({ conn: this.conn, db, config: this.config, strategy });
+    a.subscriber = await this.listen(a.pool);
     const templates = new Templates(this.conn, db, this.config, this.serverMajor);
-    this.templates = templates;
+    a.templates = templates;
     const pending = await templates.prepare();
     const { rows: surplus } = await db.query<{ name: string; reason: string }>('SELECT * FROM pgtestpool.trim_surplus()');
     for (const r of surplus) log.info(`${r.name} will be dropped: ${r.reason}`);
-    // Drops of leftovers and refills of reused templates go ahead while the others build, and
-    // the heartbeat runs meanwhile (a long build is not a dead sidecar).
-    this.pool.wake();
-    this.timer = setInterval(() => void this.poll(), this.config.pool.pollIntervalMs);
+    // Only now may the pool plan: before prepare() it could clone a stale version. Drops of
+    // leftovers and refills of reused templates go ahead while the others build, and the
+    // heartbeat runs meanwhile (a long build is not a dead sidecar).
+    a.pool.start();
+    a.timer = setInterval(() => void a.poll(this.config), this.config.pool.pollIntervalMs);
     for (const build of pending) {
-      if (this.stopping) break;
+      if (this.stopping || a.closing) break;
       await templates.build(build);
-      this.pool.wake();
+      a.pool.wake();
     }
-    this.initialBuildsDone = true;
-    log.info(
-      `pool running: ${this.config.templates.map((t) => `${t.name} min_ready ${t.minReady}`).join(', ')}; ` +
-        `max_databases ${this.config.pool.maxDatabases}; ${this.config.pool.concurrency} in flight; ` +
-        `strategy ${strategy ?? 'server default'}; ${this.janitor.describe()}`,
-    );
+    a.initialBuildsDone = true;
+    if (first) {
+      log.info(
+        `pool running: ${this.config.templates.map((t) => `${t.name} min_ready ${t.minReady}`).join(', ')}; ` +
+          `max_databases ${this.config.pool.maxDatabases}; ${this.config.pool.concurrency} in flight; ` +
+          `strategy ${strategy ?? 'server default'}; ${a.janitor.describe()}`,
+      );
+    }
   }
 
-  private chooseStrategy(): Strategy | null {
+  private chooseStrategy(first: boolean): Strategy | null {
     if (this.serverMajor < 15) {
-      if (this.config.pool.strategy) log.warn(`pool.strategy is ignored: PostgreSQL ${this.serverMajor} has no STRATEGY option`);
+      if (this.config.pool.strategy && first) log.warn(`pool.strategy is ignored: PostgreSQL ${this.serverMajor} has no STRATEGY option`);
       return null;
     }
     // FILE_COPY is 2x faster than WAL_LOG on tmpfs with fsync off (see README).
     return this.config.pool.strategy ?? 'file_copy';
   }
 
-  private async takeLeaderLock(leader: pg.Client): Promise<void> {
-    // A sidecar killed a moment ago may still hold it until the server notices the closed socket.
-    const deadline = Date.now() + 15_000;
-    for (let warned = false; ; warned = true) {
-      const { rows } = await leader.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [LEADER_LOCK]);
-      if (rows[0]!.ok) return;
-      if (Date.now() > deadline) {
-        throw new Error('another pgtestpool sidecar is attached to this server (it holds the leader lock); stop it first');
-      }
-      if (!warned) log.warn('another pgtestpool sidecar holds the leader lock; waiting up to 15 s');
-      await new Promise((r) => setTimeout(r, 250));
-    }
-  }
-
-  private async listen(): Promise<void> {
+  /** NOTIFY is a wake-up only: its payload is never read, so a client cannot put words in our log. */
+  private async listen(pool: Pool): Promise<Subscriber> {
     const subscriber = createSubscriber({ ...this.conn, application_name: 'pgtestpool listener' } as pg.ClientConfig, {
       retryLimit: Infinity,
       retryTimeout: Infinity,
+      parse: (payload: string) => payload, // any text, JSON or not, is just a wake-up
     });
-    subscriber.notifications.on(CHANNEL, (payload: Record<string, unknown>) => {
-      if (payload?.event === 'claim') {
-        log.info(`claimed ${payload.database} (template ${JSON.stringify(payload.template)}) by pid ${payload.pid}` +
-          // The client chose this text: quoted, so it cannot forge log lines.
-          (payload.application ? ` (application ${JSON.stringify(payload.application)})` : ''));
-      } else if (payload?.event === 'release') {
-        log.info(`released ${payload.database} by pid ${payload.pid}`);
-      }
-      this.pool?.wake();
-    });
-    subscriber.events.on('error', (err: Error) => log.warn(`listener: ${errorMessage(err)}`));
+    subscriber.notifications.on(CHANNEL, () => pool.wake());
+    subscriber.events.on('error', (err: Error) => log.debug(`listener: ${errorMessage(err)}`));
     // NOTIFY sent while we were disconnected is lost; the poll covers it, and a wake here re-plans at once.
-    subscriber.events.on('reconnect', () => this.pool?.wake());
+    subscriber.events.on('reconnect', () => pool.wake());
     await subscriber.connect();
     await subscriber.listenTo(CHANNEL);
-    this.subscriber = subscriber;
+    return subscriber;
   }
 
-  private async poll(): Promise<void> {
-    if (this.sweeping || this.stopping || !this.janitor) return;
-    this.sweeping = true;
-    try {
-      await this.janitor.sweep();
-      await this.templates?.retryDrops();
-      // Watching starts once the first builds are done: it must not race them.
-      if (this.initialBuildsDone && this.config.templates.some((t) => t.watch)) await this.templates?.checkForChanges();
-    } catch (err) {
-      log.warn(`janitor: ${errorMessage(err)}`);
-    } finally {
-      this.sweeping = false;
-    }
-    this.pool?.wake();
-  }
-
-  /** Per-template pool counts, as test_db_status() shows them. */
+  /** Per-template pool counts, as test_db_status() shows them; throws while not attached. */
   async status(): Promise<StatusRow[]> {
-    if (!this.db) return [];
-    const { rows } = await this.db.query('SELECT * FROM test_db_status()');
+    const db = this.current?.db;
+    if (!db) throw new Error('not attached to PostgreSQL');
+    const { rows } = await db.query('SELECT * FROM test_db_status()');
     return rows.map((r) => ({
       ...r,
       ready: Number(r.ready),
@@ -184,25 +247,25 @@ export class Sidecar extends EventEmitter {
   }
 
   /**
-   * Resolves once every template is built (or failed) and every built one holds min_ready clones,
-   * or, with `orAfterMs`, when that time has passed (claims may hold the whole budget): then
-   * `filled` is false and the caller decides what that means.
+   * Resolves once every template is built (or failed, serving nothing) and every built one is
+   * filled (pool_state's definition), or, with `orAfterMs`, when that time has passed (claims may
+   * hold the whole budget): then `filled` is false and the caller decides what that means.
    */
   async whenFilled(orAfterMs = Infinity): Promise<{ filled: boolean; status: StatusRow[] }> {
     await this.start();
     const deadline = Date.now() + orAfterMs;
+    let status: StatusRow[] = [];
     for (;;) {
-      const status = await this.status();
-      const filled = status.every((r) => r.build_state === 'failed' || r.ready >= r.min_ready);
-      if (filled || Date.now() > deadline) return { filled, status };
-      await new Promise((r) => setTimeout(r, 20));
+      try {
+        status = await this.status();
+        const filled = status.every((r) => r.filled || r.build_state === 'failed');
+        if (filled) return { filled, status };
+      } catch {
+        // reconnecting: look again
+      }
+      if (Date.now() > deadline) return { filled: false, status };
+      await sleep(20);
     }
-  }
-
-  private fatal(message: string): void {
-    if (this.stopping) return;
-    log.error(message);
-    this.emit('fatal', new Error(message));
   }
 
   /** Stops polling and listening, waits for CREATE/DROP in flight, closes connections. Idempotent. */
@@ -213,18 +276,25 @@ export class Sidecar extends EventEmitter {
 
   private async doStop(): Promise<void> {
     // A build in progress (at start or from watch) is cancelled, so docker stop stays quick.
-    await this.templates?.stop();
-    await this.starting?.catch(() => {});
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
-    await this.subscriber?.close().catch(() => {});
-    await this.pool?.stop();
-    // Wait for a sweep in progress so its queries finish before the connection closes.
-    while (this.sweeping) await new Promise((r) => setTimeout(r, 5));
-    await this.db?.end().catch(() => {});
-    this.db = null;
-    await this.leader?.end().catch(() => {});
-    this.leader = null;
+    await this.current?.templates?.stop().catch(noop);
+    await this.starting?.catch(noop);
+    await this.recovering;
+    await this.current?.close();
+    this.current = null;
+  }
+}
+
+async function takeLeaderLock(leader: pg.Client): Promise<void> {
+  // A sidecar killed a moment ago may still hold it until the server notices the closed socket.
+  const deadline = Date.now() + 15_000;
+  for (let warned = false; ; warned = true) {
+    const { rows } = await leader.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [LEADER_LOCK]);
+    if (rows[0]!.ok) return;
+    if (Date.now() > deadline) {
+      throw new Error('another pgtestpool sidecar is attached to this server (it holds the leader lock); stop it first');
+    }
+    if (!warned) log.warn('another pgtestpool sidecar holds the leader lock; waiting up to 15 s');
+    await sleep(250);
   }
 }
 

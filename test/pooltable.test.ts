@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import type pg from 'pg';
-import { installApi } from '../src/db.ts';
+import { installSchema } from '../src/schema.ts';
 import type { EmbeddedServer } from '../src/embedded.ts';
 import { client, startServer, testInstalls, waitFor } from './harness.ts';
 
@@ -14,7 +14,7 @@ for (const install of await testInstalls()) {
     before(async () => {
       server = await startServer(install);
       admin = await client(server);
-      await installApi(admin);
+      await installSchema(admin);
     });
     after(async () => {
       await admin?.end();
@@ -22,12 +22,18 @@ for (const install of await testInstalls()) {
     });
     beforeEach(async () => {
       await admin.query('DELETE FROM pgtestpool.databases; DELETE FROM pgtestpool.dropped; DELETE FROM pgtestpool.templates');
+      for (const { datname } of (await admin.query("SELECT datname FROM pg_database WHERE datname LIKE 'db\\_%'")).rows) {
+        await admin.query(`DROP DATABASE "${datname}"`);
+      }
       await admin.query(`INSERT INTO pgtestpool.templates (name, state, database, min_ready) VALUES ('t', 'ready', 'tpl_v1', 1)`);
       await admin.query(`UPDATE pgtestpool.settings SET value = '10 seconds' WHERE key = 'claim_timeout'`);
     });
 
-    const addRow = (id: number, state: string) =>
-      admin.query(`INSERT INTO pgtestpool.databases (id, name, template, source, state) VALUES ($1::bigint, 'db_' || $1::text, 't', 'tpl_v1', $2)`, [id, state]);
+    /** A row and a real (empty, closed) database behind it: the claim opens the one it takes. */
+    const addRow = async (id: number, state: string) => {
+      await admin.query(`CREATE DATABASE db_${id} ALLOW_CONNECTIONS false`);
+      await admin.query(`INSERT INTO pgtestpool.databases (id, name, template, source, state) VALUES ($1::bigint, 'db_' || $1::text, 't', 'tpl_v1', $2)`, [id, state]);
+    };
 
     test('a claim on an empty pool waits on the lock of the clone being made and gets it when it commits', async () => {
       await addRow(1, 'creating');
@@ -78,7 +84,7 @@ for (const install of await testInstalls()) {
       await addRow(4, 'claimed');
       await addRow(5, 'dropping');
       await addRow(6, 'creating');
-      const inUse = async () => Number((await admin.query(`SELECT total_in_use FROM pgtestpool.pool_state() WHERE template = 't'`)).rows[0].total_in_use);
+      const inUse = async () => Number((await admin.query(`SELECT in_use FROM pgtestpool.pool_state() WHERE template = 't'`)).rows[0].in_use);
       assert.equal(await inUse(), 4);
       await admin.query(`UPDATE pgtestpool.databases SET drop_reason = 'released', claimed_at = now() WHERE id = 5`);
       await admin.query(`SELECT pgtestpool.mark_dropped('db_5')`);
