@@ -88,6 +88,7 @@ async function main(): Promise<void> {
       password: process.env.POSTGRES_PASSWORD || 'postgres',
     });
     embedded = await server;
+    if (shuttingDown) return; // a signal during start-up: shutdown() stops the server, start nothing more
     conn = embedded.clientConfig('postgres');
     log.info(`embedded PostgreSQL ${embedded.install.version} on ${embedded.host}:${embedded.port}, data in ${embedded.dataDir}`);
   }

@@ -102,8 +102,8 @@ interface Started {
   pids: number[]; // npm and everything under it
 }
 
-/** `npm start` in its own process group (as a terminal runs it), until its ready line. */
-async function npmStart(port: number): Promise<Started> {
+/** `npm start` in its own process group, as a terminal runs it. */
+function spawnNpm(port: number): ChildProcess & { output(): string } {
   const env: NodeJS.ProcessEnv = { ...process.env, PGPORT: String(port), PGTESTPOOL_CONFIG: configFile, PGTESTPOOL_PG_BINDIR: install.bindir, PGTESTPOOL_LOG: '' };
   delete env.PGHOST; // else it attaches to that server instead of starting one
   delete env.DATABASE_URL;
@@ -112,16 +112,21 @@ async function npmStart(port: number): Promise<Started> {
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
   child.stderr!.on('data', (d) => (out += d));
-  const npm = Object.assign(child, { output: () => out });
+  return Object.assign(child, { output: () => out });
+}
+
+/** `npm start` until its ready line, and the processes and directory it runs. */
+async function npmStart(port: number): Promise<Started> {
+  const npm = spawnNpm(port);
   await waitFor('the ready line', async () => {
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`npm start ended (${child.exitCode ?? child.signalCode}) before it was ready:\n${out}`);
-    return /pgtestpool ready in/.test(out);
+    if (npm.exitCode !== null || npm.signalCode !== null) throw new Error(`npm start ended (${npm.exitCode ?? npm.signalCode}) before it was ready:\n${npm.output()}`);
+    return /pgtestpool ready in/.test(npm.output());
   }, 60_000);
-  const dataDir = /data in (\S+)/.exec(out)?.[1];
-  assert.ok(dataDir, `no data directory announced:\n${out}`);
+  const dataDir = /data in (\S+)/.exec(npm.output())?.[1];
+  assert.ok(dataDir, `no data directory announced:\n${npm.output()}`);
   const dir = path.dirname(dataDir);
   dirs.add(dir);
-  const pids = [child.pid!, ...descendants(child.pid!)];
+  const pids = [npm.pid!, ...descendants(npm.pid!)];
   const node = pids.find((p) => argv(p).includes('src/main.ts') && /node$/.test(argv(p)[0] ?? ''));
   assert.ok(node, `no node process running src/main.ts under npm (${pids.map((p) => argv(p).join(' ')).join('; ')})`);
   const watchdog = childrenOf(node).find((p) => argv(p).includes('pgtestpool-watchdog'));
@@ -237,4 +242,31 @@ test('Ctrl-C (SIGINT to the process group) with the CPU loaded: graceful stop, n
   } finally {
     for (const b of busy) b.kill('SIGKILL');
   }
+});
+
+test('SIGTERM to npm during start-up (initdb running): the server it was starting is stopped and removed too', async () => {
+  const port = await freePort();
+  const npm = spawnNpm(port);
+  // Its server directory appears (owner file = node's pid) before initdb runs.
+  const dir = (await waitFor('the server directory', async () => {
+    const node = descendants(npm.pid!).find((p) => argv(p).includes('src/main.ts'));
+    if (node === undefined) return undefined;
+    return fs.readdirSync('/dev/shm').map((n) => path.join('/dev/shm', n)).find((d) => {
+      try {
+        return fs.readFileSync(path.join(d, 'owner'), 'utf8').startsWith(`${node} `);
+      } catch {
+        return false;
+      }
+    });
+  }, 60_000))!;
+  dirs.add(dir);
+  const t0 = Date.now();
+  npm.kill('SIGTERM');
+  await exited(npm);
+  while ((fs.existsSync(dir) || processesIn(dir).length) && Date.now() - t0 < GONE_WITHIN_MS) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(!fs.existsSync(dir) && processesIn(dir).length === 0, `left behind: ${dir}, processes ${processesIn(dir).join(', ')}\n${npm.output()}`);
+  assert.ok(await portFree(port));
+  assert.match(npm.output(), /SIGTERM: shutting down[\s\S]*stopped/);
+  assert.doesNotMatch(npm.output(), /ERROR/);
+  console.log(`faults: SIGTERM to npm during start-up: everything gone after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 });
