@@ -408,8 +408,13 @@ function ownerAlive(owner: string): boolean {
 }
 
 /** The postmaster running in dataDir, if any: its pid from postmaster.pid, checked against its command line. */
-function postmasterOf(dataDir: string): number | undefined {
-  const pid = Number(fsSync.readFileSync(path.join(dataDir, 'postmaster.pid'), { encoding: 'utf8', flag: 'r' }).split('\n')[0]);
+function leftoverPostmaster(dataDir: string): number | undefined {
+  let pid: number;
+  try {
+    pid = Number(fsSync.readFileSync(path.join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  } catch {
+    return undefined; // no postmaster.pid: no server ran, or it stopped cleanly
+  }
   if (!Number.isInteger(pid) || pid <= 0 || !processAlive(pid)) return undefined;
   const argv = commandLine(pid);
   const d = argv.indexOf('-D');
@@ -459,12 +464,7 @@ async function removeLeftovers(parent: string): Promise<void> {
       continue; // not a server directory, or one whose owner is writing the file right now
     }
     if (ownerAlive(owner)) continue;
-    let pm: number | undefined;
-    try {
-      pm = postmasterOf(path.join(dir, 'data'));
-    } catch {
-      // no postmaster.pid: no server ran or it stopped cleanly
-    }
+    const pm = leftoverPostmaster(path.join(dir, 'data'));
     if (pm !== undefined) await stopLeftover(pm);
     try {
       await fs.rm(dir, { recursive: true, force: true, maxRetries: 3 });
@@ -659,6 +659,9 @@ class Server implements EmbeddedServer {
     this.stopping ??= (async () => {
       await this.restarting?.catch(() => {}); // then stop what it started
       await this.halt(this.proc, 'SIGINT'); // "fast" shutdown: abort sessions, exit cleanly
+      // A postmaster whose watchdog was killed (by hand) would outlive its deleted directory.
+      const orphan = leftoverPostmaster(this.dataDir);
+      if (orphan !== undefined) await stopLeftover(orphan);
       await fs.rm(this.dir, { recursive: true, force: true, maxRetries: 3 });
       live.delete(this);
     })();

@@ -300,6 +300,26 @@ describe('startEmbedded', { timeout: 120_000 }, () => {
     }
   });
 
+  test('stop() also stops a postmaster whose watchdog was killed', async () => {
+    const s = await startEmbedded();
+    const pid = postmasterPid(s);
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const watchdog = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    assert.match(fs.readFileSync(`/proc/${watchdog}/cmdline`, 'utf8'), /pgtestpool-watchdog/);
+    const stderr = process.stderr.write;
+    process.stderr.write = (() => true) as typeof process.stderr.write; // its "exited unexpectedly"
+    try {
+      process.kill(watchdog, 'SIGKILL');
+      await new Promise((r) => setTimeout(r, 200));
+      assert.ok(!processGone(pid), 'the postmaster outlived its watchdog');
+      await s.stop();
+    } finally {
+      process.stderr.write = stderr;
+    }
+    assert.ok(processGone(pid), `postmaster ${pid} still running`);
+    assert.ok(!exists(s.socketDir), `${s.socketDir} left behind`);
+  });
+
   describe('restart()', () => {
     for (const mode of ['fast', 'immediate'] as const) {
       test(`restart('${mode}'): same port and data, a new postmaster, clients cut off, no "exited unexpectedly"; stop() still cleans up`, async () => {
