@@ -1,13 +1,10 @@
 // The appliance's sidecar for the benchmark: a separate process attached to the benchmark's server,
 // exactly as the image runs it, and a wait for its pools to settle.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+import { writeFileSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
 import type pg from 'pg';
 import type { EmbeddedServer } from '../src/embedded.ts';
-import { ROOT } from './workload.ts';
-
+import { configDir, exited, removeConfigDir, spawnSidecar as spawnChild, waitForReady } from '../test/harness.ts';
 
 export interface SidecarProcess {
   child: ChildProcess;
@@ -15,48 +12,26 @@ export interface SidecarProcess {
   stop(): Promise<void>;
 }
 
+/** The test harness's child-process sidecar, with its log written to `logFile` when it stops. */
 export async function spawnSidecar(server: EmbeddedServer, yaml: string, logFile: string): Promise<SidecarProcess> {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'pgtestpool-bench-'));
-  writeFileSync(path.join(dir, 'config.yaml'), yaml);
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'main.ts')], {
-    cwd: ROOT,
-    env: {
-      ...process.env,
-      ...server.libpqEnv(),
-      PGTESTPOOL_CONFIG: path.join(dir, 'config.yaml'),
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  const keep = (d: Buffer) => {
-    out += d;
-    if (out.length > 4_000_000) out = out.slice(-2_000_000); // the log is for reading after a failure
-  };
-  child.stdout!.on('data', keep);
-  child.stderr!.on('data', keep);
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const configFile = configDir(yaml);
+  const child = spawnChild(server, configFile);
   const stop = async () => {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill('SIGCONT'); // in case a measurement paused it
       child.kill('SIGTERM');
     }
-    await exited;
-    writeFileSync(logFile, out);
-    rmSync(dir, { recursive: true, force: true });
+    await exited(child);
+    writeFileSync(logFile, child.output());
+    removeConfigDir(configFile);
   };
-  const deadline = Date.now() + 120_000;
-  while (!/pgtestpool ready/.test(out)) {
-    if (child.exitCode !== null || child.signalCode !== null) {
-      await stop();
-      throw new Error(`the sidecar exited before it was ready:\n${out}`);
-    }
-    if (Date.now() > deadline) {
-      await stop();
-      throw new Error(`the sidecar was not ready within 120 s:\n${out}`);
-    }
-    await sleep(20);
+  try {
+    await waitForReady(child, 120_000);
+  } catch (err) {
+    await stop();
+    throw err;
   }
-  return { child, output: () => out, stop };
+  return { child, output: child.output, stop };
 }
 
 export const sleep = (n: number) => new Promise((r) => setTimeout(r, n));
