@@ -457,21 +457,37 @@ async function removeLeftovers(parent: string): Promise<void> {
   const names = (await fs.readdir(parent).catch(() => [] as string[])).filter((n) => n.startsWith(DIR_PREFIX));
   for (const name of names) {
     const dir = path.join(parent, name);
-    let owner: string;
-    try {
-      owner = await fs.readFile(path.join(dir, OWNER_FILE), 'utf8');
-    } catch {
-      continue; // not a server directory, or one whose owner is writing the file right now
-    }
-    if (ownerAlive(owner)) continue;
+    const owner = await fs.readFile(path.join(dir, OWNER_FILE), 'utf8').catch(() => undefined);
+    if (owner === undefined ? !olderVersionLeftover(dir) : ownerAlive(owner)) continue;
     const pm = leftoverPostmaster(path.join(dir, 'data'));
     if (pm !== undefined) await stopLeftover(pm);
+    const by = owner === undefined ? 'an earlier pgtestpool version' : `process ${owner.trim().split(' ')[0]}`;
     try {
       await fs.rm(dir, { recursive: true, force: true, maxRetries: 3 });
-      log.info(`removed ${dir}, left by process ${owner.trim().split(' ')[0]} that is gone${pm !== undefined ? ` (stopped its PostgreSQL, pid ${pm})` : ''}`);
+      log.info(`removed ${dir}, left by ${by} that is gone${pm !== undefined ? ` (stopped its PostgreSQL, pid ${pm})` : ''}`);
     } catch (err) {
-      log.warn(`cannot remove ${dir}, left by a process that is gone: ${errorMessage(err)}; remove it by hand`);
+      log.warn(`cannot remove ${dir}, left by ${by} that is gone: ${errorMessage(err)}; remove it by hand`);
     }
+  }
+}
+
+/**
+ * Versions before owner files ran postgres as a child of node: their leftover is a cluster whose
+ * postmaster has another parent now (its node died), or none running and untouched for a while
+ * (no younger: it may be one whose initdb runs right now). Needs /proc; else such dirs stay.
+ */
+function olderVersionLeftover(dir: string): boolean {
+  if (!/^pgtestpool-[A-Za-z0-9]{6}$/.test(path.basename(dir)) || !fsSync.existsSync('/proc/self')) return false;
+  const dataDir = path.join(dir, 'data');
+  try {
+    if (!fsSync.existsSync(path.join(dataDir, 'PG_VERSION'))) return false; // not a cluster (yet)
+    const pm = leftoverPostmaster(dataDir);
+    if (pm === undefined) return Date.now() - fsSync.statSync(dir).mtimeMs > 60_000;
+    const stat = fsSync.readFileSync(`/proc/${pm}/stat`, 'utf8');
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    return !/^node/.test(path.basename(commandLine(ppid)[0] ?? ''));
+  } catch {
+    return false; // gone meanwhile, or not readable: not ours to judge
   }
 }
 

@@ -260,7 +260,7 @@ describe('startEmbedded', { timeout: 120_000 }, () => {
     }
   });
 
-  test('a start removes the directories of dead owners (stopping their postmaster) and leaves live owners\' alone', async () => {
+  test('a start removes the directories of dead owners (stopping their postmaster), and an earlier version\'s orphans; never live owners\'', async () => {
     const parent = fs.mkdtempSync(path.join(os.tmpdir(), 'pgtestpool-test-'));
     fs.chmodSync(parent, 0o755);
     const make = (name: string, owner?: string) => {
@@ -271,15 +271,36 @@ describe('startEmbedded', { timeout: 120_000 }, () => {
     const deadPid = spawnSync('true').pid!; // exited: a pid with no process (reuse within the test is not a worry)
     const lines: string[] = [];
     try {
-      // A real leftover: a server whose owner is gone but whose postmaster still runs.
-      const left = await startEmbedded({ dataParent: parent });
+      // Real leftovers, started first (a start cleans up): a server whose owner is gone but whose
+      // postmaster still runs, and one of an earlier version (no owner file) whose node died: its
+      // postmaster's parent is no node.
+      const [left, orphan] = await Promise.all([startEmbedded({ dataParent: parent }), startEmbedded({ dataParent: parent })]);
       const leftPid = postmasterPid(left);
+      const orphanPid = postmasterPid(orphan);
+      fs.rmSync(path.join(orphan.socketDir, 'owner'));
       fs.writeFileSync(path.join(left.socketDir, 'owner'), `${deadPid} 1\n`);
       make('pgtestpool-dead1', `${deadPid} 1\n`);
       make('pgtestpool-reused', `${process.pid} ${Number(ownStart) + 1}\n`); // our pid, someone else's start time
       make('pgtestpool-alive', `${process.pid} ${ownStart}\n`);
       make('pgtestpool-noowner'); // an older version's, or one being created: not ours to judge
       make('other-dir', `${deadPid} 1\n`);
+      // An earlier version's (no owner file): a cluster nobody has touched for a while, removed...
+      const old = (name: string, ageMs: number) => {
+        make(name);
+        fs.writeFileSync(path.join(parent, name, 'data', 'PG_VERSION'), '15\n');
+        const t = (Date.now() - ageMs) / 1000;
+        fs.utimesSync(path.join(parent, name), t, t);
+      };
+      old('pgtestpool-Old001', 120_000);
+      old('pgtestpool-Old002', 0); // ...but not a fresh one: its initdb may be running now
+      // ...and one whose postmaster is still the child of a node process (here: us), kept. (A
+      // stand-in: sh named postgres, with -D the data dir on its command line.)
+      old('pgtestpool-Old003', 120_000);
+      const fakeBin = path.join(parent, 'bin');
+      fs.mkdirSync(fakeBin);
+      fs.symlinkSync('/bin/sh', path.join(fakeBin, 'postgres'));
+      const fake = spawn(path.join(fakeBin, 'postgres'), ['-c', 'sleep 60', '-D', path.join(parent, 'pgtestpool-Old003', 'data')], { stdio: 'ignore' });
+      fs.writeFileSync(path.join(parent, 'pgtestpool-Old003', 'data', 'postmaster.pid'), `${fake.pid}\n`);
       const stderr = process.stderr.write;
       process.stderr.write = ((chunk: string) => lines.push(String(chunk)) > 0) as typeof process.stderr.write;
       let s: EmbeddedServer;
@@ -290,11 +311,16 @@ describe('startEmbedded', { timeout: 120_000 }, () => {
       }
       await s.stop();
       assert.ok(processGone(leftPid), 'the leftover postmaster was stopped');
-      assert.deepEqual(fs.readdirSync(parent).sort(), ['other-dir', 'pgtestpool-alive', 'pgtestpool-noowner']);
+      assert.ok(processGone(orphanPid), "the earlier version's orphaned postmaster was stopped");
+      assert.ok(!processGone(fake.pid!), 'a postmaster whose node lives is left alone');
+      fake.kill('SIGKILL');
+      assert.deepEqual(fs.readdirSync(parent).sort(), ['bin', 'other-dir', 'pgtestpool-Old002', 'pgtestpool-Old003', 'pgtestpool-alive', 'pgtestpool-noowner']);
       const removed = lines.filter((l) => l.includes('removed '));
-      assert.equal(removed.length, 3, removed.join(''));
+      assert.equal(removed.length, 5, removed.join(''));
       assert.ok(removed.some((l) => l.includes(`removed ${left.socketDir}, left by process ${deadPid} that is gone (stopped its PostgreSQL, pid ${leftPid})`)), removed.join(''));
-      await left.stop(); // (its directory is gone already: a no-op apart from the bookkeeping)
+      assert.ok(removed.some((l) => l.includes(`removed ${orphan.socketDir}, left by an earlier pgtestpool version that is gone (stopped its PostgreSQL, pid ${orphanPid})`)), removed.join(''));
+      // (Their directories are gone already: stop() is a no-op apart from the bookkeeping.)
+      await Promise.all([left.stop(), orphan.stop()]);
     } finally {
       fs.rmSync(parent, { recursive: true, force: true });
     }
