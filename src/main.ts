@@ -94,7 +94,6 @@ async function main(): Promise<void> {
   }
 
   sidecar = new Sidecar(config, conn);
-  sidecar.on('fatal', () => void shutdown(1));
   await sidecar.start();
   // Not filled within a minute is no failure (tests' claims may hold the whole max_databases):
   // say so, and serve what there is.
