@@ -8,9 +8,10 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import type { Config, TemplateConfig } from './config.ts';
 import { connect, dropDatabase, forDatabase, ident, type ConnConfig } from './db.ts';
+import { defaultOrigin, dumpVersionHint, extensionHint, featureHint, resourceShortage, type ServerOrigin } from './buildhints.ts';
 import { errorMessage, log } from './log.ts';
 import { resolveSources, statSignature, stepSql, type BuildStep } from './sources.ts';
-import { runSqlText } from './sqlscript.ts';
+import { runSqlText, SqlScriptError } from './sqlscript.ts';
 
 /** Bump when the way templates are built changes, so old templates are rebuilt. */
 const BUILD_FORMAT = 3;
@@ -48,15 +49,21 @@ export function cloneSetupSql(t: TemplateConfig | undefined, clone: string): str
   ];
 }
 
-/** Where an extension is missing, say how to add it, for the image in particular. */
-function withExtensionHint(message: string, serverMajor: number): string {
-  const m = /extension "([^"]+)" is not available|could not open extension control file "[^"]*\/([^/"]+)\.control"/.exec(message);
-  if (!m) return message;
-  const ext = m[1] ?? m[2]!;
-  const pkg = { vector: 'pgvector', postgis: 'postgis-3', timescaledb: 'timescaledb' }[ext] ?? ext;
-  return `${message}\nHINT:  the extension "${ext}" is not installed on this server (PostgreSQL ${serverMajor}). ` +
-    `Install it where PostgreSQL runs; for the pgtestpool image, build a derived image: ` +
-    `FROM pgtestpool:${serverMajor} + RUN apt-get update && apt-get install -y postgresql-${serverMajor}-${pkg} (the Debian package that provides it).`;
+/** Retries of a build that failed for lack of a resource: 1 s, doubling, at most 30 s apart. */
+const RETRY_FIRST_MS = 1_000;
+const RETRY_MAX_MS = 30_000;
+
+/** Stands in for whatever a build hit when stop() ended it. */
+class BuildStopped extends Error {
+  constructor() {
+    super('stopped during the build');
+  }
+}
+
+/** A failed build as stored: the error (no HINT line in it) and, apart, the one hint that fits. */
+export interface BuildFailure {
+  error: string;
+  hint: string | null;
 }
 
 interface TemplateRow {
@@ -74,22 +81,35 @@ export interface PendingBuild {
   dbName: string;
 }
 
+export interface TemplatesOptions {
+  /** Where the server comes from, for the hint on a missing extension (default: from PGTESTPOOL_IMAGE). */
+  origin?: ServerOrigin;
+}
+
 export class Templates {
   /** Old template databases whose drop failed (a CREATE from them was in flight): retried later. */
   private readonly toDrop = new Set<string>();
   /** Per watched template: the stat signature and hash last seen, to notice edits cheaply. */
   private readonly seen = new Map<string, { signature: string; hash: string }>();
+  /** Builds that failed for lack of a resource, per template: retried by retryFailed() with backoff. */
+  private readonly retries = new Map<string, { v: PendingBuild; attempt: number; dueAt: number; queued: boolean }>();
   private building: Promise<void> = Promise.resolve();
+  /** Every build() in progress, however started, so stop() returns only once each has cleaned up. */
+  private readonly running = new Set<Promise<boolean>>();
   private stopping = false;
-  /** The backend running a build's SQL, so stop() can cancel a long one. */
-  private buildPid: number | null = null;
+  /** The backends running builds' SQL, so stop() can end them at once. */
+  private readonly buildPids = new Set<number>();
+  private readonly origin: ServerOrigin;
 
   constructor(
     private readonly conn: ConnConfig,
     private readonly db: pg.Pool,
     private readonly config: Config,
     private readonly serverMajor: number,
-  ) {}
+    options: TemplatesOptions = {},
+  ) {
+    this.origin = options.origin ?? defaultOrigin();
+  }
 
   private async version(t: TemplateConfig, steps: BuildStep[]): Promise<PendingBuild> {
     const hash = templateHash(t, steps, this.serverMajor);
@@ -124,7 +144,7 @@ export class Templates {
       // a restart with edited files must get the new schema.
       await this.db.query(
         `INSERT INTO pgtestpool.templates (name, state, min_ready, owner) VALUES ($1, 'building', $2, $3)
-         ON CONFLICT (name) DO UPDATE SET state = 'building', database = NULL, hash = NULL, error = NULL,
+         ON CONFLICT (name) DO UPDATE SET state = 'building', database = NULL, hash = NULL, error = NULL, hint = NULL,
                                           min_ready = excluded.min_ready, owner = excluded.owner, updated_at = now()`,
         [t.name, t.minReady, t.owner],
       );
@@ -140,13 +160,21 @@ export class Templates {
    * old version serving until the new one is ready, then switches. A failure marks the template
    * failed with the error and leaves nothing behind (and the old version, if any, serving).
    */
-  async build(v: PendingBuild, stillWanted: () => boolean = () => true): Promise<boolean> {
+  build(v: PendingBuild, stillWanted: () => boolean = () => true): Promise<boolean> {
+    if (this.stopping) return Promise.resolve(false);
+    const run = this.runBuild(v, stillWanted).finally(() => this.running.delete(run));
+    this.running.add(run);
+    return run;
+  }
+
+  private async runBuild(v: PendingBuild, stillWanted: () => boolean): Promise<boolean> {
     const { template: t, dbName } = v;
     const started = performance.now();
+    const progress: { step?: BuildStep } = {};
     log.info(`template ${JSON.stringify(t.name)}: building ${dbName} from ${v.steps.length} file(s)` +
       (t.extensions.length ? ` and extensions ${t.extensions.join(', ')}` : ''));
     try {
-      await this.createAndFill(v);
+      await this.createAndFill(v, progress);
       if (!stillWanted()) {
         // The files changed again (or back) while this version built: it never serves.
         log.info(`template ${JSON.stringify(t.name)}: ${dbName} is already outdated; discarding it`);
@@ -155,7 +183,7 @@ export class Templates {
       }
       const ms = Math.round(performance.now() - started);
       const { rows } = await this.db.query<{ old: string | null }>(
-        `UPDATE pgtestpool.templates n SET state = 'ready', database = $2, hash = $3, error = NULL, owner = $5,
+        `UPDATE pgtestpool.templates n SET state = 'ready', database = $2, hash = $3, error = NULL, hint = NULL, owner = $5,
                 build_ms = $4, built_at = now(), updated_at = now()
            FROM pgtestpool.templates o WHERE n.name = $1 AND o.name = n.name
          RETURNING o.database AS old`,
@@ -172,17 +200,90 @@ export class Templates {
         );
         await this.dropTemplateDb(old);
       }
+      this.retries.delete(t.name);
       return true;
     } catch (err) {
-      const message = withExtensionHint(errorMessage(err), this.serverMajor);
       await this.dropTemplateDb(dbName);
-      await this.db.query(`UPDATE pgtestpool.templates SET state = 'failed', error = $2, updated_at = now() WHERE name = $1`, [t.name, message]);
-      log.error(`template ${JSON.stringify(t.name)}: build failed: ${message}`);
+      if (this.stopping) {
+        // Whatever failed, stop() ended it: not the template's fault, and it builds again at the next start.
+        log.info(`template ${JSON.stringify(t.name)}: build of ${dbName} stopped; it is built again at the next start`);
+        return false;
+      }
+      await this.markFailed(t.name, this.describeFailure(err, v, progress.step));
       return false;
     }
   }
 
-  private async createAndFill({ template: t, steps, dbName }: PendingBuild): Promise<void> {
+  /** The error without its HINT line, and the hint: ours when we know better, else PostgreSQL's. */
+  private describeFailure(err: unknown, v: PendingBuild, step: BuildStep | undefined): BuildFailure {
+    let error = errorMessage(err);
+    const pgHint = err instanceof SqlScriptError ? err.hint : undefined;
+    if (pgHint) error = error.replace(`\nHINT:  ${pgHint}`, '');
+    const shortage = resourceShortage(err);
+    if (shortage) return this.scheduleRetry(v, error, shortage, pgHint);
+    this.retries.delete(v.template.name); // a real error: it waits for an edit
+    const pgMessage = err instanceof SqlScriptError ? err.pgMessage ?? '' : error;
+    const statement = err instanceof SqlScriptError ? err.statement ?? '' : '';
+    const hint = extensionHint(error, this.serverMajor, this.origin) ??
+      (step ? dumpVersionHint(stepSql(step), this.serverMajor) : null) ??
+      featureHint(pgMessage, statement, this.serverMajor) ??
+      pgHint ?? null;
+    return { error, hint };
+  }
+
+  /** A build that failed for lack of a resource is tried again later, 1 s doubling to 30 s apart. */
+  private scheduleRetry(v: PendingBuild, error: string, shortage: { what: string; code: string }, pgHint: string | undefined): BuildFailure {
+    const previous = this.retries.get(v.template.name);
+    const attempt = previous?.v.hash === v.hash ? previous.attempt + 1 : 1;
+    const delay = Math.min(RETRY_FIRST_MS * 2 ** (attempt - 1), RETRY_MAX_MS);
+    this.retries.set(v.template.name, { v, attempt, dueAt: Date.now() + delay, queued: false });
+    return {
+      error: `${error}\nThe server ran out of ${shortage.what} (${shortage.code}): the build is retried automatically ` +
+        `until it succeeds (attempt ${attempt} failed; next in ${Math.ceil(delay / 1000)} s, then at most every ${RETRY_MAX_MS / 1000} s).`,
+      hint: `free ${shortage.what} on the server; the build is retried by itself, no change to the template's files is needed` +
+        (pgHint ? ` (PostgreSQL's hint: ${pgHint})` : ''),
+    };
+  }
+
+  /**
+   * Called on every poll: builds that failed for lack of a resource (a full disk, too many
+   * connections) are queued again once their backoff is over, unless their inputs changed since.
+   * Returns at once; the builds run one at a time in the background, like `watch` rebuilds.
+   */
+  async retryFailed(): Promise<void> {
+    if (this.stopping) return;
+    const now = Date.now();
+    for (const [name, r] of this.retries) {
+      if (r.queued || r.dueAt > now) continue;
+      const latest = this.seen.get(name)?.hash;
+      if (latest !== undefined && latest !== r.v.hash) {
+        this.retries.delete(name); // edited meanwhile: the new version is built instead
+        continue;
+      }
+      r.queued = true;
+      log.info(`template ${JSON.stringify(name)}: retrying the build that failed for lack of a resource (attempt ${r.attempt + 1})`);
+      this.building = this.building.then(async () => {
+        r.queued = false;
+        if (this.retries.get(name) !== r || this.stopping) return;
+        await this.build(r.v, () => this.seen.get(name) === undefined || this.seen.get(name)!.hash === r.v.hash);
+      }).catch((err) => {
+        log.error(`template ${JSON.stringify(name)}: ${errorMessage(err)}`);
+      });
+    }
+  }
+
+  /** The one way a template is marked failed: the error and, apart, the hint that claims show. */
+  private async markFailed(name: string, { error, hint }: BuildFailure): Promise<void> {
+    await this.db.query(`UPDATE pgtestpool.templates SET state = 'failed', error = $2, hint = $3, updated_at = now() WHERE name = $1`, [name, error, hint]);
+    log.error(`template ${JSON.stringify(name)}: build failed: ${error}${hint ? `\nHINT:  ${hint}` : ''}`);
+  }
+
+  /** Throws BuildStopped as soon as stop() was called: between statements nothing else notices. */
+  private checkStopping(): void {
+    if (this.stopping) throw new BuildStopped();
+  }
+
+  private async createAndFill({ template: t, steps, dbName }: PendingBuild, progress: { step?: BuildStep }): Promise<void> {
     if (t.owner) {
       const { rowCount } = await this.db.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [t.owner]);
       if (!rowCount) {
@@ -192,15 +293,23 @@ export class Templates {
     }
     await dropDatabase(this.db, dbName, { template: true }); // a leftover of an interrupted build
     await this.db.query(`CREATE DATABASE ${ident(dbName)}`);
+    this.checkStopping();
     const client = await connect(forDatabase(this.conn, dbName), 'pgtestpool template build');
-    this.buildPid = (client as unknown as { processID: number }).processID;
+    // stop() terminates this backend; the error then comes from the query it ran, not as an
+    // unhandled 'error' event that would end the process.
+    client.on('error', (err) => log.debug(`template build connection: ${errorMessage(err)}`));
+    const pid = (client as unknown as { processID: number }).processID;
+    this.buildPids.add(pid);
     try {
+      this.checkStopping(); // stop() came while connecting: it saw no backend to end
       for (const ext of t.extensions) {
         await client.query(`CREATE EXTENSION IF NOT EXISTS ${ident(ext)} CASCADE`).catch((err) => {
-          throw new Error(`extensions: ${errorMessage(err)}`);
+          throw new Error(`extensions: ${errorMessage(err)}`, { cause: err });
         });
       }
       for (const step of steps) {
+        this.checkStopping();
+        progress.step = step;
         if (step.transaction) await client.query('BEGIN');
         await runSqlText(client, stepSql(step), step.display);
         if (step.transaction) await client.query('COMMIT');
@@ -208,6 +317,7 @@ export class Templates {
         // search_path to '' and would otherwise leave it so for the next file.
         await client.query('DISCARD ALL');
       }
+      progress.step = undefined;
       if (t.owner) {
         await client.query(`SELECT set_config('pgtestpool.owner', $1, false)`, [t.owner]);
         await client.query(REASSIGN_OWNER_SQL);
@@ -216,7 +326,7 @@ export class Templates {
       // template with PostgreSQL's message instead of every clone, silently, later.
       for (const sql of cloneSetupSql(t, dbName)) {
         await client.query(sql).catch((err) => {
-          throw new Error(`settings/grants: ${errorMessage(err)} (in: ${sql.replace(ident(dbName), '<clone>')})`);
+          throw new Error(`settings/grants: ${errorMessage(err)} (in: ${sql.replace(ident(dbName), '<clone>')})`, { cause: err });
         });
       }
       await client.query(`ALTER DATABASE ${ident(dbName)} RESET ALL`);
@@ -224,10 +334,10 @@ export class Templates {
       // Frozen and analyzed once here rather than in every clone.
       await client.query('VACUUM (FREEZE, ANALYZE)');
     } finally {
-      this.buildPid = null;
+      this.buildPids.delete(pid);
       await client.end().catch(() => {});
     }
-    if (this.stopping) throw new Error('stopped during the build');
+    this.checkStopping();
     // VACUUM invalidated the relcache init file; a new session writes it again, FILE_COPY copies
     // it into every clone, and each test's first connection is ~3 ms faster for it.
     const warm = await connect(forDatabase(this.conn, dbName), 'pgtestpool template warm-up');
@@ -279,8 +389,7 @@ export class Templates {
       if (problems.length > 0) {
         const message = problems.map((p) => `templates.${t.name}.${p.key}: ${p.message}`).join('\n');
         this.seen.set(t.name, { signature, hash: '' });
-        await this.db.query(`UPDATE pgtestpool.templates SET state = 'failed', error = $2, updated_at = now() WHERE name = $1`, [t.name, message]);
-        log.error(`template ${JSON.stringify(t.name)}: ${message} (the previous version keeps serving)`);
+        await this.markFailed(t.name, { error: message, hint: 'fix the paths in config.yaml or restore the files' });
         continue;
       }
       const v = await this.version(t, steps);
@@ -289,7 +398,7 @@ export class Templates {
       const { rows } = await this.db.query<{ hash: string | null }>('SELECT hash FROM pgtestpool.templates WHERE name = $1', [t.name]);
       if (rows[0]?.hash === v.hash) {
         // An edit undone (after a broken one): the serving version is the right one again.
-        await this.db.query(`UPDATE pgtestpool.templates SET state = 'ready', error = NULL, updated_at = now() WHERE name = $1`, [t.name]);
+        await this.db.query(`UPDATE pgtestpool.templates SET state = 'ready', error = NULL, hint = NULL, updated_at = now() WHERE name = $1`, [t.name]);
         log.info(`template ${JSON.stringify(t.name)}: inputs are back to the serving version`);
         continue;
       }
@@ -310,17 +419,21 @@ export class Templates {
     if (this.stopping || this.seen.get(v.template.name)?.hash !== v.hash) return;
     const { rows } = await this.db.query<{ hash: string | null }>('SELECT hash FROM pgtestpool.templates WHERE name = $1', [v.template.name]);
     if (rows[0]?.hash === v.hash) {
-      await this.db.query(`UPDATE pgtestpool.templates SET state = 'ready', error = NULL, updated_at = now() WHERE name = $1`, [v.template.name]);
+      await this.db.query(`UPDATE pgtestpool.templates SET state = 'ready', error = NULL, hint = NULL, updated_at = now() WHERE name = $1`, [v.template.name]);
       return;
     }
     await this.build(v, () => this.seen.get(v.template.name)?.hash === v.hash);
   }
 
-  /** Stop: no more queued builds, and the one running is cancelled (its template rebuilds at the next start). */
+  /**
+   * Stop: no more queued builds, and the one running ends at once (its template rebuilds at the
+   * next start). Its backend is terminated, not cancelled: a cancel only ends the statement
+   * running at that instant, and the build would go on with the next one.
+   */
   async stop(): Promise<void> {
     this.stopping = true;
-    if (this.buildPid !== null) await this.db.query('SELECT pg_cancel_backend($1)', [this.buildPid]).catch(() => {});
-    await this.building;
+    for (const pid of this.buildPids) await this.db.query('SELECT pg_terminate_backend($1)', [pid]).catch(() => {});
+    await Promise.all([this.building, ...this.running]);
   }
 
   private async retireClones(template: string, reason: string): Promise<void> {
