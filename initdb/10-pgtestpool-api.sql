@@ -135,6 +135,12 @@ BEGIN
       END IF;
       -- A wake-up for the sidecar, nothing more: it reads what changed from the table.
       PERFORM pg_notify('pgtestpool', 'claim');
+      -- The appliance runs with synchronous_commit off: a commit returns before its WAL leaves
+      -- PostgreSQL's memory, and a server crash (kill -9, restart -m immediate) would forget this
+      -- claim and hand its clone, in use, to the next test. This transaction's commit waits for
+      -- its WAL (with fsync off, a write to the OS: microseconds). Not in the function's SET
+      -- clause, so it lasts until the caller's commit.
+      PERFORM set_config('synchronous_commit', 'on', true);
       RETURN claimed;
     END IF;
 
@@ -645,7 +651,8 @@ AS $$
       THEN format('the sidecar was last seen %s s ago', round(extract(epoch FROM clock_timestamp() - seen)))
     WHEN failed IS NOT NULL THEN 'template build failed: ' || failed
     WHEN building IS NOT NULL THEN 'building templates: ' || building
-    WHEN filled IS NULL AND clones_failing IS NOT NULL THEN 'creating clones fails: ' || clones_failing
+    -- Not "tests drained the pool" (which never flips health): the server cannot make clones.
+    WHEN clones_failing IS NOT NULL THEN 'creating clones fails: ' || clones_failing
     WHEN filled IS NULL THEN 'filling pools: ' || coalesce(filling, 'starting')
     ELSE 'ok'
   END
@@ -653,7 +660,9 @@ AS $$
                (SELECT value FROM pgtestpool.settings WHERE key = 'filled_at') AS filled,
                (SELECT string_agg(format('%s: %s', name, error), '; ') FROM pgtestpool.templates WHERE state = 'failed') AS failed,
                (SELECT string_agg(name, ', ') FROM pgtestpool.templates WHERE state = 'building') AS building,
-               (SELECT string_agg(format('%s: %s', name, clone_error), '; ') FROM pgtestpool.templates WHERE clone_error IS NOT NULL) AS clones_failing,
+               (SELECT string_agg(format('%s: %s', t.name, t.clone_error), '; ')
+                  FROM pgtestpool.templates t JOIN pgtestpool.pool_state() p ON p.template = t.name
+                 WHERE t.clone_error IS NOT NULL AND NOT p.filled) AS clones_failing,
                (SELECT string_agg(format('%s %s/%s ready', template, ready, min_ready), ', ') FROM pgtestpool.pool_state()) AS filling) x
 $$;
 
