@@ -93,7 +93,7 @@ async function main(): Promise<void> {
     log.info(`embedded PostgreSQL ${embedded.install.version} on ${embedded.host}:${embedded.port}, data in ${embedded.dataDir}`);
   }
 
-  sidecar = new Sidecar(config, conn);
+  sidecar = new Sidecar(config, conn, embedded?.install.source === 'npm' ? 'npm' : undefined);
   await sidecar.start();
   // Not filled within a minute is no failure (tests' claims may hold the whole max_databases):
   // say so, and serve what there is.

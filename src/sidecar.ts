@@ -14,6 +14,7 @@ import { errorMessage, log } from './log.ts';
 import { Pool } from './pool.ts';
 import { installSchema } from './schema.ts';
 import type { StatusRow } from './states.ts';
+import type { ServerOrigin } from './buildhints.ts';
 import { Templates } from './templates.ts';
 
 export type { StatusRow } from './states.ts';
@@ -63,6 +64,7 @@ class Attachment {
       try {
         await this.janitor!.sweep();
         await this.templates?.retryDrops();
+        await this.templates?.retryFailed(); // builds that failed for want of disk, memory, connections
         // Watching starts once the first builds are done: it must not race them.
         if (this.initialBuildsDone && config.templates.some((t) => t.watch)) await this.templates?.checkForChanges();
       } catch (err) {
@@ -100,6 +102,8 @@ export class Sidecar extends EventEmitter {
   constructor(
     readonly config: Config,
     readonly conn: ConnConfig,
+    /** Where the server comes from, for hints on missing extensions (default: from the environment). */
+    private readonly origin?: ServerOrigin,
   ) {
     super();
   }
@@ -181,7 +185,7 @@ export class Sidecar extends EventEmitter {
     const strategy = this.chooseStrategy(first);
     a.pool = new Pool({ conn: this.conn, db, config: this.config, strategy });
     a.subscriber = await this.listen(a.pool);
-    const templates = new Templates(this.conn, db, this.config, this.serverMajor);
+    const templates = new Templates(this.conn, db, this.config, this.serverMajor, { origin: this.origin });
     a.templates = templates;
     const pending = await templates.prepare();
     const { rows: surplus } = await db.query<{ name: string; reason: string }>('SELECT * FROM pgtestpool.trim_surplus()');

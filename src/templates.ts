@@ -12,6 +12,7 @@ import { defaultOrigin, dumpVersionHint, extensionHint, featureHint, resourceSho
 import { errorMessage, log } from './log.ts';
 import { resolveSources, statSignature, stepSql, type BuildStep } from './sources.ts';
 import { runSqlText, SqlScriptError } from './sqlscript.ts';
+import type { TemplateState } from './states.ts';
 
 /** Bump when the way templates are built changes, so old templates are rebuilt. */
 const BUILD_FORMAT = 3;
@@ -68,7 +69,7 @@ export interface BuildFailure {
 
 interface TemplateRow {
   name: string;
-  state: string;
+  state: TemplateState;
   database: string | null;
   hash: string | null;
 }
@@ -135,19 +136,14 @@ export class Templates {
       );
       const row = rows[0];
       if (row && row.state === 'ready' && row.hash === v.hash && row.database === v.dbName && row.exists) {
-        await this.db.query('UPDATE pgtestpool.templates SET min_ready = $2, owner = $3, updated_at = now() WHERE name = $1', [t.name, t.minReady, t.owner]);
+        await this.db.query('SELECT pgtestpool.template_reused($1, $2, $3)', [t.name, t.minReady, t.owner]);
         log.info(`template ${JSON.stringify(t.name)}: reusing ${v.dbName} (inputs unchanged)`);
         await this.rewarm(v.dbName);
         continue;
       }
       // A stale or missing version is not served while its replacement builds: tests right after
       // a restart with edited files must get the new schema.
-      await this.db.query(
-        `INSERT INTO pgtestpool.templates (name, state, min_ready, owner) VALUES ($1, 'building', $2, $3)
-         ON CONFLICT (name) DO UPDATE SET state = 'building', database = NULL, hash = NULL, error = NULL, hint = NULL,
-                                          min_ready = excluded.min_ready, owner = excluded.owner, updated_at = now()`,
-        [t.name, t.minReady, t.owner],
-      );
+      await this.db.query('SELECT pgtestpool.template_building($1, $2, $3)', [t.name, t.minReady, t.owner]);
       await this.retireClones(t.name, 'template rebuilt');
       if (row?.database) await this.dropTemplateDb(row.database);
       pending.push(v);
@@ -182,24 +178,13 @@ export class Templates {
         return false;
       }
       const ms = Math.round(performance.now() - started);
-      const { rows } = await this.db.query<{ old: string | null }>(
-        `UPDATE pgtestpool.templates n SET state = 'ready', database = $2, hash = $3, error = NULL, hint = NULL, owner = $5,
-                build_ms = $4, built_at = now(), updated_at = now()
-           FROM pgtestpool.templates o WHERE n.name = $1 AND o.name = n.name
-         RETURNING o.database AS old`,
-        [t.name, dbName, v.hash, ms, t.owner],
-      );
+      // Ready clones of a replaced version are retired with it; claimed ones stay with their tests.
+      const { rows } = await this.db.query<{ old: string | null }>('SELECT pgtestpool.template_built($1, $2, $3, $4, $5) AS old', [
+        t.name, dbName, v.hash, ms, t.owner,
+      ]);
       const old = rows[0]?.old;
-      log.info(`template ${JSON.stringify(t.name)}: built in ${ms} ms${old && old !== dbName ? `; now serving it instead of ${old}` : ''}`);
-      if (old && old !== dbName) {
-        // Ready clones of the old version go; claimed ones stay with their tests until released.
-        await this.db.query(
-          `UPDATE pgtestpool.databases SET state = 'dropping', drop_reason = 'template rebuilt'
-            WHERE template = $1 AND state IN ('ready', 'creating') AND source = $2`,
-          [t.name, old],
-        );
-        await this.dropTemplateDb(old);
-      }
+      log.info(`template ${JSON.stringify(t.name)}: built in ${ms} ms${old ? `; now serving it instead of ${old}` : ''}`);
+      if (old) await this.dropTemplateDb(old);
       this.retries.delete(t.name);
       return true;
     } catch (err) {
@@ -274,7 +259,7 @@ export class Templates {
 
   /** The one way a template is marked failed: the error and, apart, the hint that claims show. */
   private async markFailed(name: string, { error, hint }: BuildFailure): Promise<void> {
-    await this.db.query(`UPDATE pgtestpool.templates SET state = 'failed', error = $2, hint = $3, updated_at = now() WHERE name = $1`, [name, error, hint]);
+    await this.db.query('SELECT pgtestpool.template_failed($1, $2, $3)', [name, error, hint]);
     log.error(`template ${JSON.stringify(name)}: build failed: ${error}${hint ? `\nHINT:  ${hint}` : ''}`);
   }
 
@@ -398,12 +383,12 @@ export class Templates {
       const { rows } = await this.db.query<{ hash: string | null }>('SELECT hash FROM pgtestpool.templates WHERE name = $1', [t.name]);
       if (rows[0]?.hash === v.hash) {
         // An edit undone (after a broken one): the serving version is the right one again.
-        await this.db.query(`UPDATE pgtestpool.templates SET state = 'ready', error = NULL, hint = NULL, updated_at = now() WHERE name = $1`, [t.name]);
+        await this.db.query('SELECT pgtestpool.template_serving_again($1)', [t.name]);
         log.info(`template ${JSON.stringify(t.name)}: inputs are back to the serving version`);
         continue;
       }
       log.info(`template ${JSON.stringify(t.name)}: inputs changed; building the new version while the current one serves`);
-      await this.db.query(`UPDATE pgtestpool.templates SET state = 'building', updated_at = now() WHERE name = $1`, [t.name]);
+      await this.db.query('SELECT pgtestpool.template_rebuilding($1)', [t.name]);
       this.building = this.building.then(() => this.buildIfStillWanted(v)).catch((err) => {
         log.error(`template ${JSON.stringify(t.name)}: ${errorMessage(err)}`);
       });
@@ -419,7 +404,7 @@ export class Templates {
     if (this.stopping || this.seen.get(v.template.name)?.hash !== v.hash) return;
     const { rows } = await this.db.query<{ hash: string | null }>('SELECT hash FROM pgtestpool.templates WHERE name = $1', [v.template.name]);
     if (rows[0]?.hash === v.hash) {
-      await this.db.query(`UPDATE pgtestpool.templates SET state = 'ready', error = NULL, hint = NULL, updated_at = now() WHERE name = $1`, [v.template.name]);
+      await this.db.query('SELECT pgtestpool.template_serving_again($1)', [v.template.name]);
       return;
     }
     await this.build(v, () => this.seen.get(v.template.name)?.hash === v.hash);
@@ -437,18 +422,14 @@ export class Templates {
   }
 
   private async retireClones(template: string, reason: string): Promise<void> {
-    await this.db.query(
-      `UPDATE pgtestpool.databases SET state = 'dropping', drop_reason = $2
-        WHERE template = $1 AND state IN ('ready', 'creating')`,
-      [template, reason],
-    );
+    await this.db.query('SELECT pgtestpool.retire_clones($1, NULL, $2)', [template, reason]);
   }
 
   private async removeUnconfigured(): Promise<void> {
     const names = this.config.templates.map((t) => t.name);
-    const { rows } = await this.db.query<TemplateRow>('DELETE FROM pgtestpool.templates WHERE NOT (name = ANY($1)) RETURNING *', [names]);
+    // Forgotten, and their ready clones retired, in one statement.
+    const { rows } = await this.db.query<{ name: string; database: string | null }>('SELECT * FROM pgtestpool.templates_removed($1)', [names]);
     for (const row of rows) {
-      await this.retireClones(row.name, 'template removed from config');
       if (row.database) await this.dropTemplateDb(row.database);
       log.info(`template ${JSON.stringify(row.name)}: removed (no longer in the config)`);
     }

@@ -12,6 +12,7 @@ import type { EmbeddedServer } from '../src/embedded.ts';
 import { resolveSources } from '../src/sources.ts';
 import { runSqlText, splitSql, SqlScriptError } from '../src/sqlscript.ts';
 import { Templates } from '../src/templates.ts';
+import { installSchema } from '../src/schema.ts';
 import { PAGILA_DIR, claim, client, configDir, databaseExists, removeConfigDir, resetPool, startServer, startSidecar, status, testInstalls, waitFor } from './harness.ts';
 
 const installs = await testInstalls();
@@ -66,15 +67,9 @@ function pagila2026WithoutVector(): string {
     .join('\n\n');
 }
 
-/**
- * TEMPORARY, until initdb/ adds pgtestpool.templates.hint (being done on the SQL side): the first
- * sidecar start installs the API and then fails at its first write of `hint`; the column is
- * added by hand so the tests can run. A no-op once the SQL has the column.
- */
-async function ensureHintColumn(server: EmbeddedServer, admin: pg.Client): Promise<void> {
-  const sc = await startSidecar(server, yaml({ schema: [], min_ready: 0 }), {}).catch(() => null);
-  await sc?.stop();
-  await admin.query('ALTER TABLE pgtestpool.templates ADD COLUMN IF NOT EXISTS hint text');
+/** The control schema on a fresh server, for tests that drive Templates without a sidecar. */
+async function installControlSchema(admin: pg.Client): Promise<void> {
+  await installSchema(admin);
   await resetPool(admin);
 }
 
@@ -185,7 +180,7 @@ describe(`templates (PostgreSQL ${newest.major})`, () => {
   before(async () => {
     server = await startServer(newest);
     admin = await client(server);
-    await ensureHintColumn(server, admin);
+    await installControlSchema(admin);
   });
   after(async () => {
     await admin?.end();
@@ -388,7 +383,7 @@ describe(`templates (PostgreSQL ${newest.major})`, () => {
       assert.equal((await db.query('SELECT app.f() AS v')).rows[0].v, 1);
       await db.end();
       const ready = (await admin.query("SELECT name FROM test_dbs WHERE state = 'ready' LIMIT 1")).rows[0].name;
-      await assert.rejects(client(server, ready, as), /permission denied for database/);
+      await assert.rejects(client(server, ready, as), /not currently accepting connections/); // ready clones are closed to all
       const tpl = (await status(admin)).template_database as string;
       await assert.rejects(client(server, tpl, as), /not currently accepting connections|permission denied/);
       await assert.rejects(owner.query(`DROP DATABASE "${ready}"`), /must be owner/);
@@ -666,7 +661,7 @@ for (const install of installs) {
     before(async () => {
       server = await startServer(install);
       admin = await client(server);
-      await ensureHintColumn(server, admin);
+      await installControlSchema(admin);
     });
     after(async () => {
       await admin?.end();
