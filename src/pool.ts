@@ -106,12 +106,12 @@ export class Pool {
 
     // Creates first: a test may be waiting for one; drops only free memory and can wait.
     while (this.free > 0 && budget > 0 && !this.stopped) {
-      // The emptiest pool first (a claim may be waiting on it, unseen), then templates in use
-      // before idle ones, then the neediest.
+      // Templates in use before idle ones (else a lender would take back at once the budget it
+      // lent), then the emptiest pool (a claim may be waiting on it, unseen), then the neediest.
       const held = (n: (typeof needs)[number]) => Number(n.row.ready) + Number(n.row.creating);
       const next = needs
         .filter((n) => n.need > 0)
-        .sort((a, b) => held(a) - held(b) || Number(a.idle) - Number(b.idle) || b.need - a.need)[0];
+        .sort((a, b) => Number(a.idle) - Number(b.idle) || held(a) - held(b) || b.need - a.need)[0];
       if (!next) break;
       const { rows: created } = await db.query<{ name: string; source: string }>('SELECT * FROM pgtestpool.new_clone($1)', [next.row.template]);
       const c = created[0];
