@@ -26,14 +26,15 @@ COPY --from=deps /opt/pgtestpool/node_modules ./node_modules
 COPY package.json tsconfig.json ./
 COPY src ./src
 COPY initdb ./initdb
-# The SQL API is also installed at initdb time, in POSTGRES_DB, before any user script runs;
-# the sidecar installs it again (idempotently) at every start.
+# The control schema's migrations and the SQL API are also applied at initdb time, in POSTGRES_DB,
+# before any user script runs; the sidecar applies whatever is missing at every start.
 COPY initdb/ /docker-entrypoint-initdb.d/
 # The example config and schema; mount your own folder over /pgtestpool.
 COPY config.yaml /pgtestpool/config.yaml
 COPY schema /pgtestpool/schema
 COPY docker/healthcheck.sh /usr/local/bin/pgtestpool-healthcheck
-ENV PGTESTPOOL_CONFIG=/pgtestpool/config.yaml
+# PGTESTPOOL_IMAGE: hints for a missing extension name this image's PGDG packages.
+ENV PGTESTPOOL_CONFIG=/pgtestpool/config.yaml PGTESTPOOL_IMAGE=1
 
 # Healthy once the templates are built and the pools full, not merely when postgres answers.
 HEALTHCHECK --interval=2s --timeout=5s --start-period=300s --retries=3 CMD ["pgtestpool-healthcheck"]

@@ -4,17 +4,16 @@
 import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { parseConfig } from '../src/config.ts';
 import { ident } from '../src/db.ts';
 import { startEmbedded } from '../src/embedded.ts';
 import { setQuiet } from '../src/log.ts';
 import { Sidecar } from '../src/sidecar.ts';
+import { PAGILA_DIR } from './workload.ts';
 
 setQuiet(true);
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const PAGILA = path.resolve(ROOT, '..', 'shared', 'fixtures', 'pagila');
+const PAGILA = PAGILA_DIR;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const ms = (t0: number) => performance.now() - t0;
 
