@@ -158,7 +158,7 @@ pool:
     row('claim, 1 client, no refill running', quiet1);
     row('claim, 8 concurrent clients, no refill running', quiet8);
     await Promise.all([c1, ...c8].map((c) => c.end()));
-    await admin.query("UPDATE pgtestpool.databases SET state = 'dropping' WHERE state IN ('claimed', 'ready')");
+    await admin.query("SELECT pgtestpool.release_all_claims('measure: cleanup'), pgtestpool.retire_clones('default', NULL, 'measure: cleanup')");
     const leftover = (await admin.query("SELECT name FROM pgtestpool.databases WHERE state = 'dropping'")).rows.map((r) => r.name);
     for (const n of leftover) await admin.query(`DROP DATABASE IF EXISTS ${ident(n)} WITH (FORCE)`);
     await admin.query("DELETE FROM pgtestpool.databases");

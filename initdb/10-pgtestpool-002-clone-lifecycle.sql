@@ -11,6 +11,12 @@ ALTER TABLE pgtestpool.databases DROP CONSTRAINT IF EXISTS databases_state_check
 ALTER TABLE pgtestpool.databases ADD CONSTRAINT databases_state_check
   CHECK (state IN ('creating', 'ready', 'claimed', 'dropping'));
 
+-- Ready clones made before this migration accept connections (now a ready clone is closed to
+-- all until its claim commits): they are dropped and made again.
+UPDATE pgtestpool.databases
+   SET state = 'dropping', drop_reason = 'made by an earlier version (open to connections while ready)'
+ WHERE state = 'ready';
+
 -- When the row entered 'dropping': a released clone's connections get a grace to close before
 -- DROP ... WITH (FORCE) terminates them (lease.release_grace).
 ALTER TABLE pgtestpool.databases ADD COLUMN dropping_since timestamptz;

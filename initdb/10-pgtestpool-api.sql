@@ -7,10 +7,14 @@
 -- writes pgtestpool.databases.state or pgtestpool.templates.state:
 --   clone:    new_clone -> creating; clone_ready: creating -> ready; claim_test_db: ready -> claimed;
 --             release_test_db, reclaim: claimed -> dropping; clone_failed, abandon_creating,
---             reconcile_creating, retire_clones, trim_surplus, lend_clone, retire_entered,
---             forget_vanished: (creating | ready | claimed) -> dropping; mark_dropped: dropping -> tombstone.
+--             reconcile_creating, retire_clones, retire_stale, trim_surplus, lend_clone,
+--             retire_entered, forget_vanished, release_all_claims: (creating | ready | claimed)
+--             -> dropping; mark_dropped: dropping -> tombstone.
 --   template: template_building, template_rebuilding -> building; template_built, template_reused,
 --             template_serving_again -> ready; template_failed -> failed; templates_removed.
+-- Locks: a function that changes both tables takes the clone rows first, then the template row;
+-- none waits on a clone row another transaction holds (SKIP LOCKED): the sidecar holds a creating
+-- clone's row for its whole CREATE, and an uncommitted claim holds its row for as long as it likes.
 BEGIN;
 SELECT pg_advisory_xact_lock(7203551409);
 
@@ -301,8 +305,8 @@ AS $$
   RETURNING databases.name, databases.source
 $$;
 
--- creating -> ready. False: the row was retired meanwhile (its template was rebuilt). A success
--- clears the template's last clone error.
+-- creating -> ready. False: the row was retired meanwhile, or its template was rebuilt (then
+-- retire_stale() takes it). A success clears the template's last clone error.
 CREATE OR REPLACE FUNCTION pgtestpool.clone_ready(clone text) RETURNS boolean
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -312,6 +316,8 @@ AS $$
        SET state = 'ready', ready_at = clock_timestamp(),
            db_oid = (SELECT db.oid FROM pg_database db WHERE db.datname = d.name)
      WHERE d.name = clone AND d.state = 'creating'
+       -- its template was rebuilt meanwhile: retire_stale() drops it instead
+       AND d.source = (SELECT t.database FROM pgtestpool.templates t WHERE t.name = d.template)
     RETURNING d.template
   ), cleared AS (
     UPDATE pgtestpool.templates t SET clone_error = NULL, clone_error_at = NULL
@@ -378,7 +384,35 @@ LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
   UPDATE pgtestpool.databases d SET state = 'dropping', drop_reason = reason, dropping_since = clock_timestamp()
-   WHERE d.template = tpl AND d.state IN ('ready', 'creating') AND (only_source IS NULL OR d.source = only_source)
+   WHERE d.id IN (SELECT r.id FROM pgtestpool.databases r
+                   WHERE r.template = tpl AND r.state IN ('ready', 'creating') AND (only_source IS NULL OR r.source = only_source)
+                     FOR UPDATE SKIP LOCKED)
+     AND d.state IN ('ready', 'creating')
+  RETURNING d.name
+$$;
+
+-- (creating | ready) -> dropping: clones of a template database no longer served, that
+-- retire_clones() skipped because they were locked then (being created, or in a claim that was
+-- later rolled back). Every poll; a claim never takes them (it matches the served source).
+CREATE OR REPLACE FUNCTION pgtestpool.retire_stale() RETURNS SETOF text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  UPDATE pgtestpool.databases d SET state = 'dropping', drop_reason = 'template rebuilt', dropping_since = clock_timestamp()
+   WHERE d.id IN (SELECT r.id FROM pgtestpool.databases r LEFT JOIN pgtestpool.templates t ON t.name = r.template
+                   WHERE r.state = 'ready' AND r.source IS DISTINCT FROM t.database
+                     FOR UPDATE OF r SKIP LOCKED)
+     AND d.state = 'ready'
+  RETURNING d.name
+$$;
+
+-- claimed -> dropping, every claim at once (tests and benchmarks that start from a clean pool).
+CREATE OR REPLACE FUNCTION pgtestpool.release_all_claims(reason text) RETURNS SETOF text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  UPDATE pgtestpool.databases d SET state = 'dropping', drop_reason = reason, dropping_since = clock_timestamp(), idle_since = NULL
+   WHERE d.state = 'claimed'
   RETURNING d.name
 $$;
 
@@ -394,8 +428,10 @@ AS $$
     FROM (SELECT r.id, t.min_ready, row_number() OVER (PARTITION BY r.template ORDER BY r.id) AS n
             FROM pgtestpool.databases r JOIN pgtestpool.templates t ON t.name = r.template
            WHERE r.state = 'ready') s
-   -- d.state again: a claim that committed meanwhile must not be dropped under its test.
+   -- d.state again: a claim that committed meanwhile must not be dropped under its test; and a
+   -- row a claim holds right now is left alone (no waiting on it).
    WHERE d.id = s.id AND s.n > s.min_ready AND d.state = 'ready'
+     AND d.id IN (SELECT l.id FROM pgtestpool.databases l WHERE l.state = 'ready' FOR UPDATE SKIP LOCKED)
   RETURNING d.name, d.template, d.drop_reason
 $$;
 
@@ -488,14 +524,18 @@ AS $$
    LIMIT max_rows
 $$;
 
--- dropping -> tombstone: the drop finished. Returns who had claimed it, for the log.
+-- dropping -> tombstone: the drop finished. Returns who had claimed it, for the log; no row when
+-- the database still exists (renamed meanwhile: the next plan drops it under its new name).
 CREATE OR REPLACE FUNCTION pgtestpool.mark_dropped(db_name text)
 RETURNS TABLE (claimed_pid integer, claimed_role text, claimed_application text)
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
   WITH gone AS (
-    DELETE FROM pgtestpool.databases d WHERE d.name = db_name AND d.state = 'dropping'
+    DELETE FROM pgtestpool.databases d
+     WHERE d.name = db_name AND d.state = 'dropping'
+       -- still there under another name (a test renamed it just before the drop): not dropped yet
+       AND NOT EXISTS (SELECT 1 FROM pg_database db WHERE db.oid = d.db_oid OR db.datname = d.name)
     RETURNING d.id, d.name, d.template, d.created_at, d.claimed_at, d.claimed_pid, d.claimed_role,
               d.claimed_application, d.claimed_addr, d.drop_reason, clock_timestamp() AS dropped_at
   ), tomb AS (
@@ -567,12 +607,14 @@ BEGIN
 END
 $fn$;
 
--- (any) -> ready: an unchanged version reused at start.
+-- (building | failed | ready) -> ready: the version that serves is the one the inputs describe
+-- (reused at start; a broken edit reverted while the sidecar was away).
 CREATE OR REPLACE FUNCTION pgtestpool.template_reused(tpl text, min_ready integer, owner text) RETURNS void
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  UPDATE pgtestpool.templates t SET min_ready = template_reused.min_ready, owner = template_reused.owner, updated_at = now()
+  UPDATE pgtestpool.templates t
+     SET state = 'ready', error = NULL, hint = NULL, min_ready = template_reused.min_ready, owner = template_reused.owner, updated_at = now()
    WHERE t.name = tpl
 $$;
 

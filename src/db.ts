@@ -4,6 +4,20 @@ import { errorMessage, log } from './log.ts';
 
 export type ConnConfig = pg.ClientConfig;
 
+/** Connecting to an unreachable host must fail, not hang (a reconnect or a stop waits on it). */
+export const CONNECT_TIMEOUT_MS = 10_000;
+
+/**
+ * The connection, not the statement, failed: the server is restarting or gone, or our backend
+ * was terminated. Such a failure says nothing about a template, a clone or the config.
+ */
+export function isConnectionError(err: unknown): boolean {
+  const e = err as { code?: string; message?: string } | null;
+  const code = e?.code ?? '';
+  if (/^08/.test(code) || ['57P01', '57P02', '57P03', 'ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND'].includes(code)) return true;
+  return /Connection terminated|Client has encountered a connection error|connection timeout|not queryable/i.test(e?.message ?? '');
+}
+
 /** Quotes an identifier for SQL text (database names cannot be bind parameters). */
 export function ident(name: string): string {
   return '"' + name.replace(/"/g, '""') + '"';
@@ -67,7 +81,7 @@ export function describeConn(conn: ConnConfig): string {
  * emits 'error', which without a listener is an uncaught exception; a query in flight fails anyway.
  */
 export async function connect(conn: ConnConfig, applicationName = 'pgtestpool'): Promise<pg.Client> {
-  const client = new pg.Client({ ...conn, application_name: applicationName });
+  const client = new pg.Client({ connectionTimeoutMillis: CONNECT_TIMEOUT_MS, ...conn, application_name: applicationName });
   client.on('error', (err) => log.debug(`${applicationName}: connection lost: ${errorMessage(err)}`));
   await client.connect();
   return client;
@@ -94,7 +108,7 @@ export async function dropDatabase(q: Queryable, name: string, opts: { template?
   try {
     await q.query(`DROP DATABASE IF EXISTS ${ident(name)} WITH (FORCE)`);
   } catch (err) {
-    if (!/cannot drop a template database/.test(errorMessage(err))) throw err;
+    if ((err as { code?: string }).code !== '42809') throw err; // cannot drop a template database
     await untemplate();
     await q.query(`DROP DATABASE IF EXISTS ${ident(name)} WITH (FORCE)`);
   }

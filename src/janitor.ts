@@ -44,6 +44,8 @@ export class Janitor {
     await this.db.query('SELECT pgtestpool.heartbeat()');
     const { rows: vanished } = await this.db.query<{ name: string; was: string }>('SELECT * FROM pgtestpool.forget_vanished()');
     for (const v of vanished) log.warn(`${v.name} (${v.was}) no longer exists: it was dropped outside pgtestpool`);
+    const { rows: stale } = await this.db.query<{ name: string }>('SELECT name FROM pgtestpool.retire_stale() name');
+    for (const r of stale) log.debug(`${r.name}: a clone of a replaced template version; it will be dropped`);
     const { rows: entered } = await this.db.query<{ name: string; entered_by: string }>('SELECT * FROM pgtestpool.retire_entered()');
     for (const e of entered) log.warn(`${e.name} was entered while ready (${JSON.stringify(e.entered_by)}): it will never be handed out, and is dropped`);
     const { rows } = await this.db.query<{ name: string; template: string; claimed_pid: number; reason: string }>(
@@ -57,12 +59,14 @@ export class Janitor {
 
   /**
    * Keeps the control tables small whatever autovacuum does (it may not come round for minutes,
-   * and every refill plan reads the pool's table). SKIP_LOCKED: never wait for anyone.
+   * and every refill plan reads the pool's table). SKIP_LOCKED and no TRUNCATE: never wait for
+   * anyone (truncating the file's tail needs a lock that a waiting claim's transaction blocks for
+   * up to 5 s, and new claims would queue behind it); the freed space is reused instead.
    */
   private async vacuum(): Promise<void> {
     if (Date.now() - this.lastVacuum < VACUUM_EVERY_MS) return;
     this.lastVacuum = Date.now();
-    await this.db.query(`VACUUM (SKIP_LOCKED) ${CONTROL_TABLES.join(', ')}`).catch((err) => log.debug(`vacuum: ${errorMessage(err)}`));
+    await this.db.query(`VACUUM (SKIP_LOCKED, TRUNCATE false) ${CONTROL_TABLES.join(', ')}`).catch((err) => log.debug(`vacuum: ${errorMessage(err)}`));
   }
 
   describe(): string {

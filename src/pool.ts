@@ -3,7 +3,7 @@
 // set of jobs in flight. A wake() (NOTIFY, poll, finished job) re-plans from the table.
 import pg, { escapeLiteral } from 'pg';
 import type { Config, Strategy } from './config.ts';
-import { connect, dropDatabase, forDatabase, ident, type ConnConfig } from './db.ts';
+import { CONNECT_TIMEOUT_MS, connect, dropDatabase, forDatabase, ident, isConnectionError, type ConnConfig } from './db.ts';
 import { errorMessage, log } from './log.ts';
 import type { PoolStateRow } from './states.ts';
 import { cloneSetupSql } from './templates.ts';
@@ -48,7 +48,7 @@ export class Pool {
 
   constructor(private readonly opts: PoolOptions) {
     this.strategyClause = opts.strategy ? ` STRATEGY ${opts.strategy.toUpperCase()}` : '';
-    this.workers = new pg.Pool({ ...opts.conn, application_name: 'pgtestpool worker', max: 2 * opts.config.pool.concurrency, idleTimeoutMillis: 0 });
+    this.workers = new pg.Pool({ ...opts.conn, application_name: 'pgtestpool worker', max: 2 * opts.config.pool.concurrency, idleTimeoutMillis: 0, connectionTimeoutMillis: CONNECT_TIMEOUT_MS });
     this.workers.on('error', (err) => log.warn(`worker connection: ${errorMessage(err)}`));
   }
 
@@ -116,11 +116,7 @@ export class Pool {
       const { rows: created } = await db.query<{ name: string; source: string }>('SELECT * FROM pgtestpool.new_clone($1)', [next.row.template]);
       const c = created[0];
       if (!c) break;
-      if (this.stopped) {
-        // Stopping began while the row was inserted: nothing was created; the next start drops it.
-        await db.query('SELECT pgtestpool.clone_failed($1, $2)', [c.name, 'the sidecar stopped before creating it']);
-        return;
-      }
+      if (this.stopped) return; // nothing was created; the next attach's reconcile retires the row
       next.need--;
       next.row.creating = String(Number(next.row.creating) + 1);
       budget--;
@@ -227,6 +223,12 @@ export class Pool {
       const message = errorMessage(err);
       failed = true;
       if (holding) await holder.query('ROLLBACK').catch(() => {});
+      if (this.stopped || isConnectionError(err)) {
+        // Not the clone's fault: the row stays 'creating' and the next attach (or the
+        // abandoned-creates check) retires it; no clone error is recorded for health to report.
+        log.debug(`clone ${job.name}: interrupted (${message})`);
+        return;
+      }
       // The row goes to 'dropping': whatever exists of the clone is dropped by the drop job, with
       // its retries, and the template keeps the error for claims, status and health.
       await this.opts.db.query('SELECT pgtestpool.clone_failed($1, $2)', [job.name, message]);
@@ -257,6 +259,11 @@ export class Pool {
       'SELECT * FROM pgtestpool.mark_dropped($1)',
       [job.name],
     );
+    if (rows.length === 0) {
+      // Renamed between the plan and the drop: the next plan drops it under its new name.
+      log.debug(`${job.name}: still exists under another name; dropping it again`);
+      return;
+    }
     const who = rows[0]?.claimed_pid
       ? `; claimed by role ${JSON.stringify(rows[0].claimed_role)}, pid ${rows[0].claimed_pid}` +
         (rows[0].claimed_application ? `, application ${JSON.stringify(rows[0].claimed_application)}` : '')

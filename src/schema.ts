@@ -51,6 +51,34 @@ async function installed(client: pg.ClientBase): Promise<Installed> {
   return { versions: r[0]!.versions, apiHash: r[0]!.api_hash };
 }
 
+/** A migration's table lock waits at most this long before it lets claims through and tries again. */
+const MIGRATION_LOCK_TIMEOUT = '1s';
+const MIGRATION_ATTEMPTS = 120;
+
+/**
+ * Applies one migration. Its ALTER TABLE queues behind claims waiting inside claim_test_db()
+ * (they hold the pool table's row-exclusive lock for up to claim.timeout), and every new claim
+ * would queue behind it: so it waits a second at most, steps aside, and tries again.
+ */
+async function applyMigration(client: pg.ClientBase, m: Migration): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await client.query(`SET lock_timeout = '${MIGRATION_LOCK_TIMEOUT}'`);
+      await client.query(m.text);
+      return;
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => {});
+      if ((err as { code?: string }).code === '55P03' && attempt < MIGRATION_ATTEMPTS) {
+        await new Promise((r) => setTimeout(r, 100));
+        continue;
+      }
+      throw new Error(`control schema migration ${path.basename(m.file)} failed: ${(err as Error).message}`);
+    } finally {
+      await client.query('RESET lock_timeout').catch(() => {});
+    }
+  }
+}
+
 export interface InstallResult {
   applied: number[];
   apiReplaced: boolean;
@@ -72,14 +100,7 @@ export async function installSchema(client: pg.ClientBase): Promise<InstallResul
     );
   }
   const pending = all.filter((m) => !have.versions.includes(m.version));
-  for (const m of pending) {
-    try {
-      await client.query(m.text);
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => {});
-      throw new Error(`control schema migration ${path.basename(m.file)} failed: ${(err as Error).message}`);
-    }
-  }
+  for (const m of pending) await applyMigration(client, m);
   const apiReplaced = pending.length > 0 || have.apiHash !== api.hash;
   if (apiReplaced) {
     try {

@@ -8,7 +8,7 @@ import { EventEmitter } from 'node:events';
 import pg from 'pg';
 import pgListen, { type Subscriber } from 'pg-listen';
 import type { Config, Strategy } from './config.ts';
-import { connect, describeConn, ident, serverMajor, type ConnConfig } from './db.ts';
+import { CONNECT_TIMEOUT_MS, connect, describeConn, ident, isConnectionError, serverMajor, type ConnConfig } from './db.ts';
 import { Janitor } from './janitor.ts';
 import { errorMessage, log } from './log.ts';
 import { Pool } from './pool.ts';
@@ -26,6 +26,8 @@ const RECONNECT_FIRST_MS = 250;
 const RECONNECT_MAX_MS = 5_000;
 /** Tearing an attachment down waits for work in flight; on a dead connection that fails fast. */
 const CLOSE_LIMIT_MS = 15_000;
+/** The first attach retries a connection lost midway (the server restarting) for this long. */
+const FIRST_ATTACH_RETRY_MS = 60_000;
 
 // pg-listen is CommonJS with an `exports.default`; from ESM the function sits one level down.
 const createSubscriber = ((pgListen as unknown as { default?: typeof pgListen }).default ?? pgListen) as unknown as typeof pgListen.default;
@@ -47,15 +49,17 @@ class Attachment {
   closing = false;
   /** Resolves with a reason when the leader connection is lost. */
   readonly lost: Promise<string>;
-  private loseWith!: (reason: string) => void;
+  readonly lose: (reason: string) => void;
 
   constructor() {
-    this.lost = new Promise((resolve) => (this.loseWith = resolve));
+    let lose!: (reason: string) => void;
+    this.lost = new Promise((resolve) => (lose = resolve));
+    this.lose = lose;
   }
 
   watchLeader(leader: pg.Client): void {
-    leader.on('error', (err) => this.loseWith(errorMessage(err)));
-    leader.on('end', () => this.loseWith('the connection was closed'));
+    leader.on('error', (err) => this.lose(errorMessage(err)));
+    leader.on('end', () => this.lose('the connection was closed'));
   }
 
   async poll(config: Config): Promise<void> {
@@ -94,6 +98,8 @@ class Attachment {
 
 export class Sidecar extends EventEmitter {
   private current: Attachment | null = null;
+  /** The attachment being set up (its first builds may run long): stop() ends those too. */
+  private attaching: Attachment | null = null;
   private starting: Promise<void> | null = null;
   private stopping: Promise<void> | null = null;
   private recovering: Promise<void> | null = null;
@@ -108,10 +114,30 @@ export class Sidecar extends EventEmitter {
     super();
   }
 
-  /** Resolves once attached and the first template builds are done; rejects if the first attach fails. */
+  /**
+   * Resolves once attached and the first template builds are done (or stop() was called meanwhile).
+   * Rejects at once on what retrying cannot fix (authentication, privileges, a newer control
+   * schema, another sidecar); a connection lost midway (the server restarting) is retried for a minute.
+   */
   start(): Promise<void> {
-    this.starting ??= this.attach(true).then((a) => this.keep(a));
+    this.starting ??= this.firstAttach();
     return this.starting;
+  }
+
+  private async firstAttach(): Promise<void> {
+    const giveUpAt = Date.now() + FIRST_ATTACH_RETRY_MS;
+    for (let delay = RECONNECT_FIRST_MS; ; delay = Math.min(delay * 2, RECONNECT_MAX_MS)) {
+      try {
+        const a = await this.attach(true);
+        this.keep(a);
+        return;
+      } catch (err) {
+        if (this.stopping) return;
+        if (!isConnectionError(err) || Date.now() + delay > giveUpAt) throw err;
+        log.warn(`cannot attach to PostgreSQL at ${describeConn(this.conn)} yet: ${errorMessage(err)} (retrying in ${delay} ms)`);
+        await sleep(delay);
+      }
+    }
   }
 
   private keep(a: Attachment): void {
@@ -148,12 +174,15 @@ export class Sidecar extends EventEmitter {
 
   private async attach(first: boolean): Promise<Attachment> {
     const a = new Attachment();
+    this.attaching = a;
     try {
       await this.setUp(a, first);
       return a;
     } catch (err) {
       await a.close();
       throw err;
+    } finally {
+      this.attaching = null;
     }
   }
 
@@ -175,7 +204,7 @@ export class Sidecar extends EventEmitter {
       [`${this.config.claim.timeoutMs} milliseconds`, String(this.config.pool.maxDatabases), first],
     );
 
-    const db = new pg.Pool({ ...this.conn, application_name: 'pgtestpool sidecar', max: 4, idleTimeoutMillis: 0 });
+    const db = new pg.Pool({ ...this.conn, application_name: 'pgtestpool sidecar', max: 4, idleTimeoutMillis: 0, connectionTimeoutMillis: CONNECT_TIMEOUT_MS });
     db.on('error', (err) => log.debug(`idle connection: ${errorMessage(err)}`));
     a.db = db;
     a.janitor = new Janitor(db, this.config);
@@ -184,10 +213,10 @@ export class Sidecar extends EventEmitter {
 
     const strategy = this.chooseStrategy(first);
     a.pool = new Pool({ conn: this.conn, db, config: this.config, strategy });
-    a.subscriber = await this.listen(a.pool);
+    a.subscriber = await this.listen(a, a.pool);
     const templates = new Templates(this.conn, db, this.config, this.serverMajor, { origin: this.origin });
     a.templates = templates;
-    const pending = await templates.prepare();
+    const pending = await templates.prepare({ reconnect: !first });
     const { rows: surplus } = await db.query<{ name: string; reason: string }>('SELECT * FROM pgtestpool.trim_surplus()');
     for (const r of surplus) log.info(`${r.name} will be dropped: ${r.reason}`);
     // Only now may the pool plan: before prepare() it could clone a stale version. Drops of
@@ -220,16 +249,17 @@ export class Sidecar extends EventEmitter {
   }
 
   /** NOTIFY is a wake-up only: its payload is never read, so a client cannot put words in our log. */
-  private async listen(pool: Pool): Promise<Subscriber> {
-    const subscriber = createSubscriber({ ...this.conn, application_name: 'pgtestpool listener' } as pg.ClientConfig, {
-      retryLimit: Infinity,
-      retryTimeout: Infinity,
+  private async listen(a: Attachment, pool: Pool): Promise<Subscriber> {
+    // No reconnecting of its own (retryLimit 1 means no retry): a lost listener ends the whole
+    // attachment, which is made again with everything on it. (pg-listen's own reconnect loop
+    // outlives close() and would leave a connection and a timer behind.) No paranoid checks: we poll.
+    const subscriber = createSubscriber({ ...this.conn, application_name: 'pgtestpool listener', connectionTimeoutMillis: CONNECT_TIMEOUT_MS } as pg.ClientConfig, {
+      retryLimit: 1,
+      paranoidChecking: false,
       parse: (payload: string) => payload, // any text, JSON or not, is just a wake-up
     });
     subscriber.notifications.on(CHANNEL, () => pool.wake());
-    subscriber.events.on('error', (err: Error) => log.debug(`listener: ${errorMessage(err)}`));
-    // NOTIFY sent while we were disconnected is lost; the poll covers it, and a wake here re-plans at once.
-    subscriber.events.on('reconnect', () => pool.wake());
+    subscriber.events.on('error', (err: Error) => a.lose(`listener: ${errorMessage(err)}`));
     await subscriber.connect();
     await subscriber.listenTo(CHANNEL);
     return subscriber;
@@ -279,8 +309,10 @@ export class Sidecar extends EventEmitter {
   }
 
   private async doStop(): Promise<void> {
-    // A build in progress (at start or from watch) is cancelled, so docker stop stays quick.
-    await this.current?.templates?.stop().catch(noop);
+    // A build in progress (at start, at a reconnect, or from watch) ends at once, so docker stop stays quick.
+    const setting = this.attaching;
+    if (setting) setting.closing = true;
+    await Promise.all([setting?.templates?.stop(), this.current?.templates?.stop()].map((p) => p?.catch(noop)));
     await this.starting?.catch(noop);
     await this.recovering;
     await this.current?.close();

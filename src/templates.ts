@@ -7,7 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import type { Config, TemplateConfig } from './config.ts';
-import { connect, dropDatabase, forDatabase, ident, type ConnConfig } from './db.ts';
+import { connect, dropDatabase, forDatabase, ident, isConnectionError, type ConnConfig } from './db.ts';
 import { defaultOrigin, dumpVersionHint, extensionHint, featureHint, resourceShortage, type ServerOrigin } from './buildhints.ts';
 import { errorMessage, log } from './log.ts';
 import { resolveSources, statSignature, stepSql, type BuildStep } from './sources.ts';
@@ -123,19 +123,30 @@ export class Templates {
    * stale ones out of service (their ready clones are dropped) before anything is built, so no
    * clone of an old version is handed out while other templates build. Returns what to build.
    */
-  async prepare(): Promise<PendingBuild[]> {
+  async prepare(opts: { reconnect?: boolean } = {}): Promise<PendingBuild[]> {
     await this.removeUnconfigured();
     const pending: PendingBuild[] = [];
     for (const t of this.config.templates) {
       const v = await this.version(t, t.steps);
-      this.seen.set(t.name, { signature: statSignature(t.steps), hash: v.hash });
       const { rows } = await this.db.query<TemplateRow & { exists: boolean }>(
         `SELECT t.*, EXISTS (SELECT 1 FROM pg_database WHERE datname = t.database) AS exists
            FROM pgtestpool.templates t WHERE t.name = $1`,
         [t.name],
       );
       const row = rows[0];
-      if (row && row.state === 'ready' && row.hash === v.hash && row.database === v.dbName && row.exists) {
+      const current = row?.hash === v.hash && row?.database === v.dbName && row?.exists;
+      // The inputs changed only while we were attached (watch saw it: a rebuild was under way, or
+      // a broken edit keeps the old version serving): after a reconnect that version goes on
+      // serving, and watch, not knowing these inputs yet, builds the new one in the background.
+      if (opts.reconnect && row?.exists && row.database && !current && t.watch) {
+        log.info(`template ${JSON.stringify(t.name)}: ${row.database} keeps serving; its inputs changed, so watch rebuilds it`);
+        await this.rewarm(row.database);
+        continue;
+      }
+      this.seen.set(t.name, { signature: statSignature(t.steps), hash: v.hash });
+      // Reused when the serving version is the one the inputs describe, whatever state an
+      // interrupted rebuild or a reverted broken edit left the row in.
+      if (current) {
         await this.db.query('SELECT pgtestpool.template_reused($1, $2, $3)', [t.name, t.minReady, t.owner]);
         log.info(`template ${JSON.stringify(t.name)}: reusing ${v.dbName} (inputs unchanged)`);
         await this.rewarm(v.dbName);
@@ -189,6 +200,8 @@ export class Templates {
       return true;
     } catch (err) {
       await this.dropTemplateDb(dbName);
+      // The connection failed, not the build: the sidecar attaches again and builds it then.
+      if (isConnectionError(err) && !this.stopping) throw err;
       if (this.stopping) {
         // Whatever failed, stop() ended it: not the template's fault, and it builds again at the next start.
         log.info(`template ${JSON.stringify(t.name)}: build of ${dbName} stopped; it is built again at the next start`);
@@ -338,14 +351,17 @@ export class Templates {
    */
   private async rewarm(dbName: string): Promise<void> {
     const { rows } = await this.db
-      .query<{ missing: boolean }>(
-        `SELECT (pg_stat_file(format('base/%s/pg_internal.init', oid), true)).size IS NULL AS missing FROM pg_database WHERE datname = $1`,
+      .query<{ missing: boolean; open: boolean }>(
+        `SELECT (pg_stat_file(format('base/%s/pg_internal.init', oid), true)).size IS NULL AS missing, datallowconn AS open
+           FROM pg_database WHERE datname = $1`,
         [dbName],
       )
       .catch((err) => {
         log.debug(`cannot check ${dbName}'s relcache init file: ${errorMessage(err)}`); // pg_stat_file needs superuser
-        return { rows: [] as { missing: boolean }[] };
+        return { rows: [] as { missing: boolean; open: boolean }[] };
       });
+    // Left open by an interrupted warm-up: cloning fails while anyone is connected to it.
+    if (rows[0]?.open && !rows[0].missing) await this.db.query(`ALTER DATABASE ${ident(dbName)} WITH ALLOW_CONNECTIONS false`);
     if (!rows[0]?.missing) return;
     await this.db.query(`ALTER DATABASE ${ident(dbName)} WITH ALLOW_CONNECTIONS true`);
     try {

@@ -112,7 +112,7 @@ export async function startSidecar(
           const admin = new pg.Client({ ...conn, user: 'postgres', password: server.password });
           await admin.connect();
           try {
-            await admin.query("UPDATE pgtestpool.databases SET state = 'dropping', drop_reason = 'test cleanup' WHERE state = 'claimed'");
+            await admin.query("SELECT pgtestpool.release_all_claims('test cleanup')");
             await waitFor('cleanup drops', async () =>
               (await admin.query("SELECT 1 FROM pgtestpool.databases WHERE state = 'dropping'")).rowCount === 0);
           } finally {

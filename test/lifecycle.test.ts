@@ -2,6 +2,7 @@
 // state machine's edges (failed creates, lending under the cap, NOTIFY before the templates are
 // prepared) and the control tables' size over many cycles: against real servers, every major.
 import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
@@ -88,7 +89,7 @@ for (const install of installs) {
           const results = await Promise.all(claims);
           for (const r of results) assert.ok('name' in r, `a waiting claim failed: ${'err' in r ? `${r.err.code} ${r.err.message}` : ''}`);
         } finally {
-          await admin.query("UPDATE pgtestpool.databases SET state = 'dropping', dropping_since = now(), drop_reason = 'test cleanup' WHERE state = 'claimed'");
+          await admin.query("SELECT pgtestpool.release_all_claims('test cleanup')");
           await waitFor('cleanup drops', async () => (await admin.query("SELECT 1 FROM pgtestpool.databases WHERE state = 'dropping'")).rowCount === 0);
           await second.stop();
           removeConfigDir(configFile);
@@ -196,6 +197,95 @@ pool:
         await notifier.end();
         await second.stop();
         removeConfigDir(configFile);
+      }
+    });
+
+    test('stop() during the first template build ends it at once and leaves no half-built template', async () => {
+      await resetPool(admin);
+      const yaml = simpleConfig({ minReady: 1 });
+      const configFile = configDir(yaml, { 'schema/001.sql': 'CREATE TABLE t (id int);\nSELECT pg_sleep(20);\n' });
+      const sc = new Sidecar(parseConfig(yaml, configFile), server.clientConfig());
+      try {
+        const starting = sc.start();
+        await waitFor('the build running', async () =>
+          (await admin.query(`SELECT 1 FROM pg_stat_activity WHERE query LIKE '%pg_sleep(20)%' AND pid <> pg_backend_pid()`)).rowCount === 1);
+        const t0 = Date.now();
+        await sc.stop();
+        await starting;
+        const ms = Date.now() - t0;
+        console.log(`faults: stop() during the first template build: ${ms} ms`);
+        assert.ok(ms < 3000, `stop() took ${ms} ms`);
+        const { rows } = await admin.query(`SELECT datname FROM pg_database WHERE datname LIKE 'pgtp\\_tpl\\_%'`);
+        assert.deepEqual(rows, []);
+      } finally {
+        await sc.stop();
+        removeConfigDir(configFile);
+      }
+    });
+
+    test('a PostgreSQL restart during the first build: start() still succeeds, and the template is built, not failed', async () => {
+      await resetPool(admin);
+      const yaml = simpleConfig({ minReady: 1 });
+      const configFile = configDir(yaml, { ...EXAMPLE_SCHEMA, 'schema/003.sql': 'SELECT pg_sleep(1.5);\n' });
+      const sc = new Sidecar(parseConfig(yaml, configFile), server.clientConfig());
+      try {
+        const starting = sc.start();
+        await waitFor('the build running', async () =>
+          (await admin.query(`SELECT 1 FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1.5)%' AND pid <> pg_backend_pid()`)).rowCount === 1);
+        await admin.end();
+        await server.restart('fast');
+        admin = await client(server);
+        await starting;
+        const { filled, status } = await sc.whenFilled(30_000);
+        assert.ok(filled, JSON.stringify(status));
+        assert.equal(status[0]!.build_state, 'ready');
+        const c = await client(server);
+        await c.query('SELECT release_test_db(claim_test_db())');
+        await c.end();
+      } finally {
+        await sc.stop();
+        removeConfigDir(configFile);
+      }
+    });
+
+    test('reconnects leave exactly one listener; stop() leaves none', async () => {
+      await resetPool(admin);
+      const sc = await startSidecar(server, simpleConfig({ minReady: 1 }));
+      const listeners = async () =>
+        Number((await admin.query(`SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'pgtestpool listener'`)).rows[0].n);
+      try {
+        for (let i = 0; i < 3; i++) {
+          await admin.end();
+          await server.restart(i % 2 ? 'immediate' : 'fast');
+          admin = await client(server);
+          await waitFor('the sidecar attached again', async () => (await sc.sidecar.whenFilled(100)).filled && (await listeners()) >= 1);
+        }
+        await new Promise((r) => setTimeout(r, 1000)); // a leaked reconnect loop would have reconnected by now
+        assert.equal(await listeners(), 1);
+      } finally {
+        await sc.stop();
+      }
+      await waitFor('no listener left', async () => (await listeners()) === 0, 5000);
+    });
+
+    test('a reconnect keeps serving a watched template whose broken edit is in place', async () => {
+      await resetPool(admin);
+      const yaml = simpleConfig({ minReady: 1 }) + 'watch: true\n';
+      const sc = await startSidecar(server, yaml);
+      try {
+        writeFileSync(path.join(path.dirname(sc.configFile), 'schema/002.sql'), 'THIS IS NOT SQL;');
+        await waitFor('the broken edit seen', async () =>
+          (await admin.query(`SELECT 1 FROM pgtestpool.templates WHERE state = 'failed' AND database IS NOT NULL`)).rowCount === 1);
+        await admin.end();
+        await server.restart('fast');
+        admin = await client(server);
+        await waitFor('attached again', async () => (await sc.sidecar.whenFilled(100)).filled, 15_000);
+        const name = await claim(admin); // the old version still serves
+        await admin.query('SELECT release_test_db($1)', [name]);
+        const { rows } = await admin.query(`SELECT state, database IS NOT NULL AS serving FROM pgtestpool.templates`);
+        assert.deepEqual(rows, [{ state: 'failed', serving: true }]);
+      } finally {
+        await sc.stop();
       }
     });
 

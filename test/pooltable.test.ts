@@ -87,6 +87,10 @@ for (const install of await testInstalls()) {
       const inUse = async () => Number((await admin.query(`SELECT in_use FROM pgtestpool.pool_state() WHERE template = 't'`)).rows[0].in_use);
       assert.equal(await inUse(), 4);
       await admin.query(`UPDATE pgtestpool.databases SET drop_reason = 'released', claimed_at = now() WHERE id = 5`);
+      // A tombstone only once the database is really gone (mark_dropped checks).
+      await admin.query(`SELECT pgtestpool.mark_dropped('db_5')`);
+      assert.equal(await inUse(), 4, 'still there: not marked dropped');
+      await admin.query('DROP DATABASE db_5');
       await admin.query(`SELECT pgtestpool.mark_dropped('db_5')`);
       assert.equal(await inUse(), 3);
       assert.equal((await admin.query('SELECT 1 FROM pgtestpool.databases WHERE id = 5')).rowCount, 0, 'gone from the pool table');
