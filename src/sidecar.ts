@@ -4,7 +4,6 @@
 // abandoned claims. When the connection is lost (a server restart, a crash), the attachment is
 // torn down and a new one made, with backoff: all state is in PostgreSQL, so nothing is lost.
 // start() and stop() are idempotent.
-import { EventEmitter } from 'node:events';
 import pg from 'pg';
 import pgListen, { type Subscriber } from 'pg-listen';
 import type { Config, Strategy } from './config.ts';
@@ -96,7 +95,7 @@ class Attachment {
   }
 }
 
-export class Sidecar extends EventEmitter {
+export class Sidecar {
   private current: Attachment | null = null;
   /** The attachment being set up (its first builds may run long): stop() ends those too. */
   private attaching: Attachment | null = null;
@@ -110,9 +109,7 @@ export class Sidecar extends EventEmitter {
     readonly conn: ConnConfig,
     /** Where the server comes from, for hints on missing extensions (default: from the environment). */
     private readonly origin?: ServerOrigin,
-  ) {
-    super();
-  }
+  ) {}
 
   /**
    * Resolves once attached and the first template builds are done (or stop() was called meanwhile).
