@@ -6,17 +6,9 @@ import { existsSync } from 'node:fs';
 import net from 'node:net';
 import { test } from 'node:test';
 import pg from 'pg';
-import { ROOT, configDir, exited, removeConfigDir, testInstalls, waitFor } from './harness.ts';
+import { ROOT, configDir, exited, freePort, removeConfigDir, testInstalls, waitFor } from './harness.ts';
 
 const installs = await testInstalls();
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
 
 /** `npm start` in its own process group, so a "Ctrl-C" reaches npm and node together as in a terminal. */
 function npmStart(env: Record<string, string>) {

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { EXAMPLE_SCHEMA, ROOT, configDir, exited, removeConfigDir, simpleConfig, testInstalls, waitFor } from './harness.ts';
+import { EXAMPLE_SCHEMA, ROOT, configDir, exited, freePort, removeConfigDir, simpleConfig, testInstalls, waitFor } from './harness.ts';
 
 const install = (await testInstalls())[0]!; // one major is enough: this is about processes
 const configFile = configDir(simpleConfig({ minReady: 2 }), EXAMPLE_SCHEMA);
@@ -32,14 +32,6 @@ after(() => {
   for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
   removeConfigDir(configFile);
 });
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
 
 function portFree(port: number): Promise<boolean> {
   return new Promise((resolve) => {

@@ -2,6 +2,7 @@
 // machine has, config folders in temp dirs, and in-process or child-process sidecars.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -205,4 +206,13 @@ export async function resetPool(admin: pg.Client): Promise<void> {
     await admin.query(`DROP DATABASE "${r.datname}" WITH (FORCE)`);
   }
   await admin.query('DELETE FROM pgtestpool.databases; DELETE FROM pgtestpool.templates');
+}
+
+/** A port free on 127.0.0.1 right now (for a server a child process starts). */
+export async function freePort(): Promise<number> {
+  const srv = net.createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as net.AddressInfo).port;
+  await new Promise((r) => srv.close(r));
+  return port;
 }
