@@ -64,6 +64,9 @@ export const TEST_TUNED_SETTINGS: Record<string, string | number> = {
   dynamic_shared_memory_type: 'mmap',
   // Never log statements: ALTER ROLE ... PASSWORD must not reach the server log.
   log_statement: 'none',
+  // Every CREATE DATABASE (FILE_COPY) and DROP DATABASE forces a checkpoint: two log lines each,
+  // most of the log. `-c log_checkpoints=on` brings them back.
+  log_checkpoints: 'off',
 };
 
 const HOST = '127.0.0.1';

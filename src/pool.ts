@@ -269,7 +269,9 @@ export class Pool {
         (rows[0].claimed_application ? `, application ${JSON.stringify(rows[0].claimed_application)}` : '')
       : '';
     const renamed = job.current !== job.name ? ` (renamed to ${JSON.stringify(job.current)} by a test)` : '';
-    log.info(`dropped ${job.name}${renamed} (${job.reason}${who}) in ${Math.round(performance.now() - started)} ms`);
+    // Routine drops (a release, a surplus) only with PGTESTPOOL_LOG=debug: one line per test is noise.
+    const routine = job.reason === 'released' || job.reason.startsWith('surplus');
+    log[routine ? 'debug' : 'info'](`dropped ${job.name}${renamed} (${job.reason}${who}) in ${Math.round(performance.now() - started)} ms`);
   }
 
   private backoff(key: string): number {
