@@ -100,10 +100,15 @@ export type Queryable = Pick<pg.Pool, 'query'>;
  * (ALTER DATABASE … IS_TEMPLATE true, which its owner may do): that is undone and the drop retried.
  */
 export async function dropDatabase(q: Queryable, name: string, opts: { template?: boolean } = {}): Promise<void> {
-  const untemplate = () =>
-    q.query(`ALTER DATABASE ${ident(name)} WITH IS_TEMPLATE false`).catch((err: { code?: string }) => {
-      if (err.code !== '3D000') throw err; // already gone
+  // Looked up first: an ALTER of a database that is not there (the usual case before a template
+  // build) would put an ERROR in the server log at every cold start.
+  const untemplate = async () => {
+    const { rows } = await q.query<{ datistemplate: boolean }>('SELECT datistemplate FROM pg_catalog.pg_database WHERE datname = $1', [name]);
+    if (!rows[0]?.datistemplate) return;
+    await q.query(`ALTER DATABASE ${ident(name)} WITH IS_TEMPLATE false`).catch((err: { code?: string }) => {
+      if (err.code !== '3D000') throw err; // dropped meanwhile
     });
+  };
   if (opts.template) await untemplate();
   try {
     await q.query(`DROP DATABASE IF EXISTS ${ident(name)} WITH (FORCE)`);
