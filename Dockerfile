@@ -35,6 +35,13 @@ ENV PATH=/opt/node/bin:$PATH
 WORKDIR /opt/pgtestpool
 COPY package.json package-lock.json docker/install-deps.mjs ./
 RUN node install-deps.mjs
+# The sidecar and the supervisor as plain JavaScript bundles (node_modules stay external): no
+# TypeScript compiler at start-up, and 30-40 MB less memory per process than through tsx.
+COPY src ./src
+RUN set -eux; \
+	node_modules/.bin/esbuild src/main.ts src/supervisor.ts --bundle --platform=node --format=esm \
+		--packages=external --target=node20 --outdir=dist --out-extension:.js=.mjs --log-level=warning; \
+	cp -r src/sql src/early-signals.mjs dist/
 
 FROM postgres:${PG_MAJOR}-${BASE_SUITE}
 COPY --from=node /opt/node /opt/node
@@ -43,7 +50,7 @@ ENV PATH=/opt/node/bin:$PATH
 WORKDIR /opt/pgtestpool
 COPY --from=node /opt/pgtestpool/node_modules ./node_modules
 COPY package.json tsconfig.json ./
-COPY src ./src
+COPY --from=node /opt/pgtestpool/dist ./dist
 COPY initdb ./initdb
 # The control schema's migrations and the SQL API are also applied at initdb time, in POSTGRES_DB,
 # before any user script runs; the sidecar applies whatever is missing at every start.
@@ -69,6 +76,6 @@ ENV PGDATA=/var/lib/postgresql/data/pgdata \
 HEALTHCHECK --interval=2s --timeout=120s --retries=2 CMD ["pgtestpool-healthcheck"]
 # pgtestpool-entrypoint prepares the data directories as root (with the official entrypoint's own
 # functions), drops to postgres as the official entrypoint does, and runs tini -> the supervisor
-# (src/supervisor.ts) -> the official docker-entrypoint.sh + the sidecar.
+# (src/supervisor.ts, run from dist/) -> the official docker-entrypoint.sh + the sidecar.
 ENTRYPOINT ["pgtestpool-entrypoint"]
 CMD ["postgres"]

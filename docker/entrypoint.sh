@@ -64,10 +64,7 @@ main() {
 	fi
 	# tini: PID 1, reaps orphans and forwards signals. -e 130/143: a docker stop that lands in the
 	# few milliseconds before Node installs its handlers ends a process that had started nothing.
-	exec tini -e 130 -e 143 -- node \
-		--import "$APP_DIR/src/early-signals.mjs" \
-		--import "$APP_DIR/node_modules/tsx/dist/loader.mjs" \
-		"$APP_DIR/src/supervisor.ts" "$@"
+	exec tini -e 130 -e 143 -- node --import "$APP_DIR/dist/early-signals.mjs" "$APP_DIR/dist/supervisor.mjs" "$@"
 }
 
 main "$@"

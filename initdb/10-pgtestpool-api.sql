@@ -16,6 +16,8 @@
 -- none waits on a clone row another transaction holds (SKIP LOCKED): the sidecar holds a creating
 -- clone's row for its whole CREATE, and an uncommitted claim holds its row for as long as it likes.
 BEGIN;
+-- "function ... does not exist, skipping" (DROP ... IF EXISTS on a fresh install) is no news.
+SET LOCAL client_min_messages = warning;
 SELECT pg_advisory_xact_lock(7203551409);
 
 -- The sidecar's own functions are created anew each time, so a changed signature or result type

@@ -21,6 +21,13 @@ import { fileURLToPath } from 'node:url';
 import { TEST_TUNED_SETTINGS } from './tuning.ts';
 
 const APP_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+/**
+ * The image runs the sidecar as the plain JavaScript bundle built beside this one (dist/, see the
+ * Dockerfile): no compiler at start-up, 30-40 MB less per process. From src/, through tsx.
+ */
+const SIDECAR_ARGS = import.meta.url.endsWith('.mjs')
+  ? [fileURLToPath(new URL('./main.mjs', import.meta.url))]
+  : ['--import', 'tsx', path.join(APP_DIR, 'src', 'main.ts')];
 /** Read by docker/healthcheck.sh. */
 const STATE_FILE = process.env.PGTESTPOOL_STATE_FILE || '/var/run/postgresql/pgtestpool.state';
 /** Docker's default stop timeout is 10 s for everything: the sidecar gets part of it. */
@@ -204,7 +211,7 @@ class Supervisor {
       DATABASE_URL: undefined,
     };
     const started = Date.now();
-    const sidecar = spawn(process.execPath, ['--import', 'tsx', path.join(APP_DIR, 'src', 'main.ts')], { cwd: APP_DIR, env, stdio: 'inherit' });
+    const sidecar = spawn(process.execPath, SIDECAR_ARGS, { cwd: APP_DIR, env, stdio: 'inherit' });
     sidecar.once('error', (err) => say(`cannot start the sidecar: ${err.message}`));
     this.sidecar = sidecar;
     sidecar.once('exit', () => {
