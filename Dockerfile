@@ -17,7 +17,7 @@ ARG NODE_SHA512_ARM64=219c74279dbfd4d0f002c6368b2591f6794f218b98be24d67ad8e3f3e1
 ARG NPM_REGISTRY=https://registry.npmjs.org
 RUN set -eux; \
 	apt-get update; \
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates curl tini; \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends binutils ca-certificates curl tini; \
 	rm -rf /var/lib/apt/lists/*; \
 	arch="$(dpkg --print-architecture)"; \
 	case "$arch" in \
@@ -30,6 +30,8 @@ RUN set -eux; \
 	mkdir -p /opt/node; \
 	tar -xzf /tmp/node.tgz -C /opt/node --strip-components=1 package/bin/node package/LICENSE; \
 	rm /tmp/node.tgz; \
+	# (its debug symbols: 18 MB)
+	strip /opt/node/bin/node; \
 	/opt/node/bin/node --version
 ENV PATH=/opt/node/bin:$PATH
 WORKDIR /opt/pgtestpool
@@ -41,7 +43,9 @@ COPY src ./src
 RUN set -eux; \
 	node_modules/.bin/esbuild src/main.ts src/supervisor.ts --bundle --platform=node --format=esm \
 		--packages=external --target=node20 --outdir=dist --out-extension:.js=.mjs --log-level=warning; \
-	cp -r src/sql src/early-signals.mjs dist/
+	cp -r src/sql src/early-signals.mjs dist/; \
+	# tsx and esbuild served only the bundling.
+	rm -rf node_modules/tsx node_modules/esbuild node_modules/@esbuild node_modules/get-tsconfig node_modules/resolve-pkg-maps
 
 FROM postgres:${PG_MAJOR}-${BASE_SUITE}
 COPY --from=node /opt/node /opt/node

@@ -52,6 +52,10 @@ prepare_directories_as_root() {
 }
 
 main() {
+	# PID 1 ignores signals it has no handler for: a docker stop in the milliseconds before tini
+	# takes over would be lost (and the container killed after Docker's timeout). Nothing has
+	# started yet, so stopping is exiting.
+	trap 'exit 0' INT TERM
 	# As the official entrypoint: `docker run image -c fsync=off` means `postgres -c fsync=off`.
 	if [ "${1:0:1}" = '-' ]; then set -- postgres "$@"; fi
 	if ! wants_server "$@"; then
