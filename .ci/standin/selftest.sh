@@ -147,7 +147,7 @@ check_layout() {
 			"[ -x /usr/local/bin/docker-ensure-initdb.sh ] && [ \"\$(readlink /usr/local/bin/docker-enforce-initdb.sh)\" = docker-ensure-initdb.sh ]"
 		say "the sample config says listen_addresses = '\''*'\'', in the share dir postgres uses" \
 			"grep -q \"^listen_addresses = '\''\\*'\''\" /usr/share/postgresql/$MAJOR/postgresql.conf.sample"
-		for prog in postgres initdb pg_ctl psql pg_dump pg_isready createdb; do
+		for prog in postgres initdb pg_ctl psql pg_dump pg_restore pg_isready createdb pg_basebackup pg_upgrade pgbench oid2name vacuumlo; do
 			say "$prog --version is PostgreSQL $MAJOR" "$prog --version | grep -q \"(PostgreSQL) $MAJOR\\.\""
 		done
 		say "/docker-entrypoint-initdb.d exists, empty" "[ -d /docker-entrypoint-initdb.d ] && [ -z \"\$(ls -A /docker-entrypoint-initdb.d)\" ]"
@@ -320,6 +320,12 @@ check_init() {
 	first_init=$(grep -n -m1 "$ENTRYPOINT: \(running\|sourcing\) " "$log" | cut -d: -f1)
 	expect "POSTGRES_DB is created before the init files run (log lines $created < $first_init)" test "${created:-999999}" -lt "${first_init:-0}"
 	expect_eq "POSTGRES_INITDB_WALDIR: pg_wal links to $waldir" "$waldir" "$(docker exec "$c" sh -c 'readlink "$PGDATA/pg_wal"')"
+	# Once only: a restart on the same volume skips initialization (a second run of the init files
+	# would fail on CREATE TABLE and stop the container).
+	docker restart "$c" > /dev/null
+	wait_ready "$c" 'Skipping initialization'
+	expect_eq 'restarted: initialization skipped, the init files did not run again' '1|1' \
+		"$(docker logs "$c" 2>&1 | grep -c "$ENTRYPOINT: running $INITDB_D/03-plain.sql")|$(sql "$c" -p 6543 -U app -d appdb -c 'SELECT count(*) FROM from_sql')"
 }
 
 # `--user` with a uid that has no passwd entry (nss_wrapper for initdb), trust, and
@@ -362,7 +368,7 @@ check_mounts() {
 		ok "no 18+ mount check before 18: PGDATA=/var/lib/postgresql/$MAJOR/docker with a mount at /var/lib/postgresql/data starts"
 		return
 	fi
-	local tmpfs bind old parent sub
+	local tmpfs bind old parent sub subdir
 	tmpfs=$(start m-tmpfs -e POSTGRES_PASSWORD=x --tmpfs /var/lib/postgresql/data "$IMAGE")
 	mkdir -p "$WORK/empty"
 	bind=$(start m-bind -e POSTGRES_PASSWORD=x -v "$WORK/empty:/var/lib/postgresql/data" "$IMAGE")
@@ -370,6 +376,7 @@ check_mounts() {
 		'mkdir -p /var/lib/postgresql/data && echo 17 > /var/lib/postgresql/data/PG_VERSION && exec docker-entrypoint.sh postgres')
 	parent=$(start m-parent -e POSTGRES_PASSWORD=x --tmpfs /var/lib/postgresql "$IMAGE")
 	sub=$(start m-pgdata -e POSTGRES_PASSWORD=x -e PGDATA=/var/lib/postgresql/data --tmpfs /var/lib/postgresql/data "$IMAGE")
+	subdir=$(start m-subdir -e POSTGRES_PASSWORD=x -e PGDATA=/var/lib/postgresql/data/pgdata --tmpfs /var/lib/postgresql/data "$IMAGE")
 	for c in "$tmpfs" "$bind"; do
 		code=$(wait_exit "$c")
 		log=$(logs "$c")
@@ -387,11 +394,12 @@ check_mounts() {
 	else
 		fail "old cluster in /var/lib/postgresql/data: exit $code; $(tail -3 "$log" | paste -sd ' ')"
 	fi
-	CHECK=mounts
 	wait_ready "$parent"
 	ok '--tmpfs /var/lib/postgresql alone starts'
 	wait_ready "$sub"
 	ok '-e PGDATA=/var/lib/postgresql/data --tmpfs /var/lib/postgresql/data starts (PGDATA set: no check)'
+	wait_ready "$subdir"
+	ok '-e PGDATA=/var/lib/postgresql/data/pgdata --tmpfs /var/lib/postgresql/data starts'
 }
 
 # docker-ensure-initdb.sh initializes and exits; again it is a no-op; docker-enforce-initdb.sh fails.
