@@ -57,7 +57,7 @@ locked() {
 
 require_tools() {
 	local tool missing=()
-	for tool in docker debootstrap flock apt-get tar; do
+	for tool in docker flock apt-get tar; do
 		command -v "$tool" > /dev/null || missing+=("$tool")
 	done
 	[ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]}"
@@ -84,6 +84,7 @@ debian_sources() {
 debootstrap_rootfs() {
 	local suite=$1 dir="$CACHE/rootfs/$1" work="$CACHE/rootfs/$1.partial" script=() t
 	[ -f "$dir/.complete" ] && return
+	command -v debootstrap > /dev/null || die "debootstrap is needed to make the $suite root (apt-get install debootstrap)"
 	t=$(now)
 	log "debootstrap --variant=minbase $suite (first run only; cached in $dir)"
 	rm -rf "$work" "$dir"
