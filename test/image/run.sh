@@ -172,7 +172,7 @@ sql() {
 # The image has no procps (neither has the official one): find the sidecar through /proc.
 sidecar_pid() {
 	# ([n]: the pattern must not match the command lines of this shell and grep themselves.)
-	docker exec "$1" sh -c 'for p in /proc/[0-9]*; do tr "\0" " " < $p/cmdline 2>/dev/null | grep -q "src/mai[n].ts" && echo ${p#/proc/}; done; true'
+	docker exec "$1" sh -c 'for p in /proc/[0-9]*; do tr "\0" " " < $p/cmdline 2>/dev/null | grep -q "dist/mai[n].mjs" && echo ${p#/proc/}; done; true'
 }
 
 postmaster_start() { sql "$1" control -c 'SELECT pg_postmaster_start_time()'; }
@@ -438,9 +438,13 @@ main() {
 	for pair in $MAJORS; do build_standin "${pair%%:*}" "${pair#*:}" & pids+=($!); done
 	for p in "${pids[@]}"; do wait "$p" || exit 1; done
 	report "stand-ins ready in $(since "$t") s"
-	for pair in $MAJORS; do check_standin "${pair%%:*}" "${pair#*:}"; done
-	step 'build the image'
+	# The stand-ins' contract checks run while the images build (independent containers).
+	step "check the stand-ins against the official image's contract; build the image"
+	pids=()
+	for pair in $MAJORS; do check_standin "${pair%%:*}" "${pair#*:}" > "$RUN_DIR/check-standin-${pair%%:*}.out" & pids+=($!); done
 	for pair in $MAJORS; do build_image "${pair%%:*}" "${pair#*:}"; done
+	for p in "${pids[@]}"; do wait "$p" || exit 1; done
+	for pair in $MAJORS; do REPORT+=("$(sed -n 's/^    //p' "$RUN_DIR/check-standin-${pair%%:*}.out")"); cat "$RUN_DIR/check-standin-${pair%%:*}.out"; done
 	for pair in $MAJORS; do
 		major=${pair%%:*}
 		check_image "$major"
