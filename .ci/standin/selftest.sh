@@ -150,6 +150,10 @@ check_layout() {
 		for prog in postgres initdb pg_ctl psql pg_dump pg_restore pg_isready createdb pg_basebackup pg_upgrade pgbench oid2name vacuumlo; do
 			say "$prog --version is PostgreSQL $MAJOR" "$prog --version | grep -q \"(PostgreSQL) $MAJOR\\.\""
 		done
+		say "with no server, psql tries the socket /var/run/postgresql/.s.PGSQL.5432 (the client default, as Debian'\''s)" \
+			"psql -X -c \"\" 2>&1 | grep -qF '\''on socket \"/var/run/postgresql/.s.PGSQL.5432\" failed'\''"
+		say "with no server, pg_isready says /var/run/postgresql:5432 - no response" \
+			"pg_isready | grep -qx '\''/var/run/postgresql:5432 - no response'\''"
 		say "/docker-entrypoint-initdb.d exists, empty" "[ -d /docker-entrypoint-initdb.d ] && [ -z \"\$(ls -A /docker-entrypoint-initdb.d)\" ]"
 	' > "$out" || true
 	local line
@@ -233,6 +237,23 @@ check_defaults() {
 		"$(docker exec "$c" psql -X -qAt -h 127.0.0.1 -U postgres -d postgres -c 'SELECT 1')"
 	expect_eq 'pg_hba.conf ends with "host all all all scram-sha-256" (postgres -C password_encryption)' \
 		'host all all all scram-sha-256' "$(docker exec "$c" sh -c 'tail -1 "$PGDATA/pg_hba.conf"')"
+	# The unix socket where Debian's builds (and so the official image) put it; clients find it
+	# with no -h, as `docker exec c psql`, health checks and init scripts do.
+	expect 'the socket file /var/run/postgresql/.s.PGSQL.5432 exists, none in /tmp' \
+		docker exec "$c" sh -c '[ -S /var/run/postgresql/.s.PGSQL.5432 ] && [ ! -e /tmp/.s.PGSQL.5432 ]'
+	expect 'logs listening on Unix socket "/var/run/postgresql/.s.PGSQL.5432" after the init process' \
+		grep -q 'listening on Unix socket "/var/run/postgresql/.s.PGSQL.5432"' <(sed -n '/PostgreSQL init process complete/,$p' "$log")
+	expect_eq 'SHOW unix_socket_directories; postgres -C unix_socket_directories (as postgres): /var/run/postgresql' \
+		'/var/run/postgresql|/var/run/postgresql' \
+		"$(sql "$c" -U postgres -c 'SHOW unix_socket_directories')|$(docker exec -u postgres "$c" postgres -C unix_socket_directories)"
+	expect "initdb's postgresql.conf names /var/run/postgresql for unix_socket_directories" \
+		docker exec "$c" sh -c "grep -qE \"^#?unix_socket_directories( = | )'/var/run/postgresql'\" \"\$PGDATA/postgresql.conf\""
+	expect_eq "docker exec -u postgres c psql -U postgres -c 'select 1' (no -h: the default socket)" 1 \
+		"$(docker exec -u postgres "$c" psql -X -qAt -U postgres -c 'select 1')"
+	expect_eq "docker exec c psql -U postgres -c 'select 1' as root, no -h" 1 \
+		"$(docker exec "$c" psql -X -qAt -U postgres -c 'select 1')"
+	expect_eq 'pg_isready with no arguments (as postgres)' '/var/run/postgresql:5432 - accepting connections' \
+		"$(docker exec -u postgres "$c" pg_isready)"
 	expect_eq "listen_addresses '*', port 5432" '*|5432' "$(sql "$c" -U postgres -c "SELECT current_setting('listen_addresses') || '|' || current_setting('port')")"
 	expect_eq 'PID 1 is postgres, as uid 999 (gosu, then exec)' 'postgres 999' \
 		"$(docker exec "$c" sh -c 'echo "$(cat /proc/1/comm) $(awk "/^Uid:/ { print \$2 }" /proc/1/status)"')"
@@ -260,7 +281,7 @@ make_init_files() {
 		docker_process_sql <<< 'CREATE ROLE sourced_role'
 		docker_process_sql --dbname postgres <<< 'CREATE TABLE made_in_postgres (x int)'
 		"${psql[@]}" <<< 'CREATE TABLE made_by_psql_array (x int)'
-		echo "temp server: port=$(docker_process_sql -tA -c 'SHOW port') listen=[$(docker_process_sql -tA -c 'SHOW listen_addresses')] db=$(docker_process_sql -tA -c 'SELECT current_database()')"
+		echo "temp server: port=$(docker_process_sql -tA -c 'SHOW port') listen=[$(docker_process_sql -tA -c 'SHOW listen_addresses')] sockets=[$(docker_process_sql -tA -c 'SHOW unix_socket_directories')] socket-file=$([ -S /var/run/postgresql/.s.PGSQL.5432 ] && echo yes) db=$(docker_process_sql -tA -c 'SELECT current_database()')"
 	EOF
 	cat > "$dir/02-child.sh" <<-'EOF'
 		#!/bin/bash
@@ -300,8 +321,8 @@ check_init() {
 		"$(docker exec "$c" sh -c 'tr "\0" " " < /proc/1/cmdline' | sed 's/ $//')"
 	expect_eq 'the real server: port 6543 from the arguments, listening on all addresses' '6543|*' \
 		"$(sql "$c" -p 6543 -U app -d appdb -c "SELECT current_setting('port') || '|' || current_setting('listen_addresses')")"
-	expect 'the temporary server: port 5432 despite -c port=6543, unix socket only, POSTGRES_DB the default database' \
-		has "$log" 'temp server: port=5432 listen=[] db=appdb'
+	expect 'the temporary server: port 5432 despite -c port=6543, unix socket only, in /var/run/postgresql, POSTGRES_DB the default database' \
+		has "$log" 'temp server: port=5432 listen=[] sockets=[/var/run/postgresql] socket-file=yes db=appdb'
 	local f
 	expect "logs \"$ENTRYPOINT: sourcing $INITDB_D/01-sourced.sh\"" has "$log" "$ENTRYPOINT: sourcing $INITDB_D/01-sourced.sh"
 	for f in 02-child.sh 03-plain.sql 04-gz.sql.gz 05-xz.sql.xz 06-zst.sql.zst; do
