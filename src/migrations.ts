@@ -254,7 +254,8 @@ function list(dir: string): Entry[] {
     });
 }
 
-function filesUnder(dir: string): string[] {
+/** Every visible file below `dir` (symlinks followed; a loop is the caller's problem, as for the readers). */
+export function filesUnder(dir: string): string[] {
   return list(dir).flatMap((e) => (e.isDir ? filesUnder(e.path) : e.isFile ? [e.path] : []));
 }
 

@@ -4,7 +4,7 @@
 import { readFileSync, realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { globSync } from 'tinyglobby';
-import { MigrationError, readMigrations, type MigrationFormat } from './migrations.ts';
+import { filesUnder, MigrationError, readMigrations, type MigrationFormat } from './migrations.ts';
 
 export interface MigrationSpec {
   dir: string;
@@ -139,16 +139,26 @@ export function stepSql(step: BuildStep): string {
   return step.sql ?? readFileSync(step.file, 'utf8');
 }
 
-/** Cheap fingerprint of the steps' files (paths, sizes, mtimes): when it changes, hash again. */
-export function statSignature(steps: BuildStep[]): string {
-  return steps
-    .map((s) => {
-      try {
-        const st = statSync(s.file);
-        return `${s.file}:${st.size}:${st.mtimeMs}`;
-      } catch {
-        return `${s.file}:missing`;
-      }
-    })
-    .join('\n');
+/**
+ * What `watch` compares on every poll: the paths, sizes and mtimes of every file that could be an
+ * input (the schema and seed globs, every file under the migration folders), found by listing and
+ * stat alone, never by reading them. Only when it changes are the inputs resolved and hashed.
+ */
+export function inputSignature(src: TemplateSources, dir: string): string {
+  const statOf = (file: string) => {
+    const st = statSync(file, { throwIfNoEntry: false });
+    return st ? `${file}:${st.size}:${st.mtimeMs}` : `${file}:missing`;
+  };
+  const lines: string[] = [];
+  for (const pattern of [...src.schema, ...src.seed]) lines.push(`glob ${pattern}`, ...glob(pattern, dir).map(statOf));
+  for (const m of src.migrations) {
+    const folder = path.resolve(dir, m.dir);
+    lines.push(`migrations ${m.format} ${folder}`);
+    try {
+      lines.push(...filesUnder(folder).map(statOf));
+    } catch (err) {
+      lines.push(`unreadable: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
+  }
+  return lines.join('\n');
 }

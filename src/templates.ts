@@ -10,7 +10,7 @@ import type { Config, TemplateConfig } from './config.ts';
 import { connect, dropDatabase, forDatabase, ident, isConnectionError, type ConnConfig } from './db.ts';
 import { defaultOrigin, dumpVersionHint, extensionHint, featureHint, resourceShortage, type ServerOrigin } from './buildhints.ts';
 import { errorMessage, log } from './log.ts';
-import { resolveSources, statSignature, stepSql, type BuildStep } from './sources.ts';
+import { inputSignature, resolveSources, stepSql, type BuildStep } from './sources.ts';
 import { runSqlText, SqlScriptError } from './sqlscript.ts';
 import type { TemplateState } from './states.ts';
 
@@ -143,7 +143,7 @@ export class Templates {
         await this.rewarm(row.database);
         continue;
       }
-      this.seen.set(t.name, { signature: statSignature(t.steps), hash: v.hash });
+      this.seen.set(t.name, { signature: inputSignature(t, this.config.dir), hash: v.hash });
       // Reused when the serving version is the one the inputs describe, whatever state an
       // interrupted rebuild or a reverted broken edit left the row in.
       if (current) {
@@ -383,10 +383,11 @@ export class Templates {
     if (this.stopping) return;
     for (const t of this.config.templates) {
       if (!t.watch) continue;
-      const { steps, problems } = resolveSources(t, this.config.dir);
-      const signature = statSignature(steps) + JSON.stringify(problems);
+      // Listing and stat only; the files are read (and parsed, for migrations) only when it changed.
+      const signature = inputSignature(t, this.config.dir);
       const last = this.seen.get(t.name);
       if (last && last.signature === signature) continue;
+      const { steps, problems } = resolveSources(t, this.config.dir);
       if (problems.length > 0) {
         const message = problems.map((p) => `templates.${t.name}.${p.key}: ${p.message}`).join('\n');
         this.seen.set(t.name, { signature, hash: '' });

@@ -2,7 +2,8 @@
 // per-clone settings and grants, the owner role, content-hash reuse, live rebuild with `watch`,
 // several templates at once, and the real pagila dumps on every installed major.
 import assert from 'node:assert/strict';
-import { readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import fs, { readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
@@ -452,6 +453,42 @@ CREATE MATERIALIZED VIEW meas_totals AS SELECT count(*) AS n FROM meas;` };
       }
     } finally {
       await second.stop();
+    }
+  });
+
+  test('watch polls by listing and stat alone: no input file is read until one changes', async () => {
+    const sc = await startSidecar(server, yaml({ schema: [], migrations: [{ dir: 'db', format: 'numbered' }], min_ready: 1, watch: true }), {
+      'db/001_a.sql': 'CREATE TABLE m1 (id int);',
+      'db/002_b.sql': 'CREATE TABLE m2 (id int);',
+    });
+    const dir = path.dirname(sc.configFile);
+    const reads: string[] = [];
+    const readFile = fs.readFileSync;
+    // Every module's `import { readFileSync } from 'node:fs'` sees this (syncBuiltinESMExports).
+    fs.readFileSync = ((file: fs.PathOrFileDescriptor, ...rest: unknown[]) => {
+      if (String(file).startsWith(dir)) reads.push(String(file));
+      return (readFile as (...a: unknown[]) => unknown)(file, ...rest);
+    }) as typeof fs.readFileSync;
+    syncBuiltinESMExports();
+    try {
+      await new Promise((r) => setTimeout(r, 1500)); // poll_interval 100ms: some 15 polls
+      assert.equal(reads.length, 0, `unchanged inputs are never read (read: ${reads.join(', ')})`);
+      writeFileSync(path.join(dir, 'db/003_c.sql'), 'CREATE TABLE m3 (id int);');
+      await waitFor('the new migration serving', async () => {
+        const name = await claim(admin);
+        const db = await client(server, name);
+        try {
+          return (await db.query("SELECT to_regclass('m3') IS NOT NULL AS ok")).rows[0].ok;
+        } finally {
+          await db.end();
+          await admin.query('SELECT release_test_db($1)', [name]);
+        }
+      });
+      assert.ok(reads.some((f) => f.endsWith('003_c.sql')), 'a changed folder is read');
+    } finally {
+      fs.readFileSync = readFile;
+      syncBuiltinESMExports();
+      await sc.stop();
     }
   });
 
