@@ -345,12 +345,16 @@ AS $$
 $$;
 
 -- claimed -> dropping: the claiming session ended and nobody has been connected to the clone
--- for idle_timeout, or the claim is older than max_duration. Returns what it marked.
-CREATE OR REPLACE FUNCTION pgtestpool.reclaim(idle_timeout interval, max_duration interval)
+-- for idle_timeout, or the claim is older than max_duration. Sooner, after starved_idle, when the
+-- template has no ready clone and claims are waiting: a suite whose tests "just disconnect" must
+-- not wait idle_timeout per test for a clone nobody will come back to. Returns what it marked.
+CREATE OR REPLACE FUNCTION pgtestpool.reclaim(idle_timeout interval, max_duration interval, starved_idle interval)
 RETURNS TABLE (name text, template text, claimed_pid integer, reason text)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
+DECLARE
+  starved text[];
 BEGIN
   WITH activity AS (
     SELECT d.id,
@@ -365,16 +369,28 @@ BEGIN
     FROM activity a
    WHERE d.id = a.id AND d.state = 'claimed' AND (d.idle_since IS NULL) = NOT a.active;
 
+  -- Templates with nothing ready while some claim waits (on a clone being made, or napping).
+  -- Which template a waiting claim wants is not visible, so every empty one counts.
+  IF EXISTS (SELECT 1 FROM pg_stat_activity a
+              WHERE a.state = 'active' AND a.wait_event IS NOT NULL AND a.pid <> pg_backend_pid()
+                AND a.query ILIKE '%claim_test_db%') THEN
+    SELECT array_agg(t.name) INTO starved FROM pgtestpool.templates t
+     WHERE NOT EXISTS (SELECT 1 FROM pgtestpool.databases r WHERE r.template = t.name AND r.state = 'ready');
+  END IF;
+
   RETURN QUERY
   UPDATE pgtestpool.databases d
      SET state = 'dropping', dropping_since = clock_timestamp(),
          drop_reason = CASE
            WHEN d.claimed_at <= clock_timestamp() - max_duration
              THEN format('claimed for more than max_duration (%s)', max_duration)
-           ELSE format('claiming session (pid %s) ended and no connections for %s', d.claimed_pid, idle_timeout)
+           WHEN d.idle_since <= clock_timestamp() - idle_timeout
+             THEN format('claiming session (pid %s) ended and no connections for %s', d.claimed_pid, idle_timeout)
+           ELSE format('claiming session (pid %s) ended, no connections for %s, and claims were waiting for the template', d.claimed_pid, starved_idle)
          END
    WHERE d.state = 'claimed'
-     AND (d.idle_since <= clock_timestamp() - idle_timeout OR d.claimed_at <= clock_timestamp() - max_duration)
+     AND (d.idle_since <= clock_timestamp() - idle_timeout OR d.claimed_at <= clock_timestamp() - max_duration
+          OR (d.idle_since <= clock_timestamp() - starved_idle AND d.template = ANY(starved)))
   RETURNING d.name, d.template, d.claimed_pid, d.drop_reason;
 END
 $fn$;

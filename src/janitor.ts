@@ -9,6 +9,13 @@ import { dropDatabase } from './db.ts';
 
 /** How often the control tables are vacuumed: each claim and drop leaves dead row versions. */
 const VACUUM_EVERY_MS = 1_000;
+/**
+ * While claims wait on an empty pool, an abandoned clone (its claiming session gone, nobody
+ * connected) is reclaimed after this instead of lease.idle_timeout. Long enough for a test that
+ * claims on one connection and then connects to its clone; a suite that never releases no longer
+ * waits idle_timeout per test.
+ */
+const STARVED_IDLE_MS = 2_000;
 const CONTROL_TABLES = ['pgtestpool.databases', 'pgtestpool.templates', 'pgtestpool.settings', 'pgtestpool.dropped'];
 
 export class Janitor {
@@ -49,8 +56,12 @@ export class Janitor {
     const { rows: entered } = await this.db.query<{ name: string; entered_by: string }>('SELECT * FROM pgtestpool.retire_entered()');
     for (const e of entered) log.warn(`${e.name} was entered while ready (${JSON.stringify(e.entered_by)}): it will never be handed out, and is dropped`);
     const { rows } = await this.db.query<{ name: string; template: string; claimed_pid: number; reason: string }>(
-      'SELECT * FROM pgtestpool.reclaim($1::interval, $2::interval)',
-      [`${this.config.lease.idleTimeoutMs} milliseconds`, `${this.config.lease.maxDurationMs} milliseconds`],
+      'SELECT * FROM pgtestpool.reclaim($1::interval, $2::interval, $3::interval)',
+      [
+        `${this.config.lease.idleTimeoutMs} milliseconds`,
+        `${this.config.lease.maxDurationMs} milliseconds`,
+        `${Math.min(STARVED_IDLE_MS, this.config.lease.idleTimeoutMs)} milliseconds`,
+      ],
     );
     for (const r of rows) log.info(`reclaimed ${r.name} (template ${JSON.stringify(r.template)}, claimed by pid ${r.claimed_pid}): ${r.reason}`);
     await this.vacuum();

@@ -162,6 +162,32 @@ for (const install of installs) {
       }
     });
 
+    test('claims waiting on a full pool: a clone whose claimer left is reclaimed within seconds, not after idle_timeout', async () => {
+      const sc = await startSidecar(server, simpleConfig({ minReady: 1, max: 2, idle: '30s' }));
+      try {
+        const leaver = await client(server);
+        const abandoned = await claim(leaver);
+        await leaver.end(); // "just disconnect": never released
+        const keeper = await client(server);
+        const kept = await claim(keeper); // its session lives on: never reclaimed
+        // max_databases 2, both claimed: this claim waits until the abandoned one is reclaimed.
+        const waiter = await client(server);
+        const started = Date.now();
+        const got = await claim(waiter);
+        const waited = Date.now() - started;
+        assert.ok(waited < 10_000, `waited ${waited} ms: the abandoned clone was not reclaimed early`);
+        assert.ok(!(await databaseExists(admin, abandoned)), 'the abandoned clone was dropped');
+        assert.ok(await databaseExists(admin, kept), "a live claimer's clone is kept");
+        assert.notEqual(got, abandoned, 'names are never reused');
+        const { rows } = await admin.query('SELECT drop_reason FROM pgtestpool.dropped WHERE name = $1', [abandoned]);
+        assert.match(rows[0].drop_reason, /claims were waiting/);
+        await keeper.end();
+        await waiter.end();
+      } finally {
+        await sc.stop();
+      }
+    });
+
     test('a claimer that disconnects without releasing is reclaimed after idle_timeout', async () => {
       const sc = await startSidecar(server, simpleConfig({ minReady: 2, idle: '1s' }));
       try {
