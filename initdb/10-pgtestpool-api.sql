@@ -92,6 +92,25 @@ $$;
 -- The user API (public, so no schema prefix is needed)
 -- ---------------------------------------------------------------------------------------------
 
+-- The claim line of one template (see claim_test_db), advisory lock (761100468, hash of its
+-- name): is this session at its head?
+CREATE OR REPLACE FUNCTION pgtestpool.in_claim_queue(queue integer) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT EXISTS (SELECT 1 FROM pg_locks l
+                  WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid() AND l.granted
+                    AND l.classid = 761100468::oid AND l.objid = queue::oid AND l.objsubid = 2)
+$$;
+
+-- Leaves the claim line if this session holds its head; safe to call when it does not.
+CREATE OR REPLACE FUNCTION pgtestpool.leave_claim_queue(queue integer) RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT pg_advisory_unlock(761100468, queue) WHERE pgtestpool.in_claim_queue(queue)
+$$;
+
 CREATE OR REPLACE FUNCTION public.claim_test_db(template text DEFAULT 'default') RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -105,106 +124,152 @@ DECLARE
   waited   timestamptz;
   caller_lock_timeout text;
   nap      float8 := 0.002;
+  queue    integer := hashtext(template) & 2147483647;
+  queued   boolean := false;
 BEGIN
-  LOOP
-    -- The fast path is this one statement; the template is only looked at when it finds nothing.
-    -- SKIP LOCKED: concurrent claimers each take a different row instead of queueing on one.
-    UPDATE pgtestpool.databases d
-       SET state = 'claimed',
-           claimed_at = clock_timestamp(),
-           claimed_pid = pg_backend_pid(),
-           claimed_backend_start = (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a),
-           claimed_role = session_user,
-           claimed_application = current_setting('application_name'),
-           claimed_addr = inet_client_addr()
-     WHERE d.id = (SELECT c.id FROM pgtestpool.databases c
-                    WHERE c.template = claim_test_db.template AND c.state = 'ready'
-                      -- only clones of the version being served, never of a replaced one
-                      AND c.source = (SELECT t.database FROM pgtestpool.templates t WHERE t.name = claim_test_db.template)
-                    ORDER BY c.id LIMIT 1
-                      FOR UPDATE SKIP LOCKED)
-    RETURNING d.name, (SELECT t.owner FROM pgtestpool.templates t WHERE t.name = d.template) INTO claimed, owner;
+  -- The fast path is this one statement; the template is only looked at when it finds nothing.
+  -- SKIP LOCKED: concurrent claimers each take a different row instead of queueing on one.
+  UPDATE pgtestpool.databases d
+     SET state = 'claimed',
+         claimed_at = clock_timestamp(),
+         claimed_pid = pg_backend_pid(),
+         claimed_backend_start = (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a),
+         claimed_role = session_user,
+         claimed_application = current_setting('application_name'),
+         claimed_addr = inet_client_addr()
+   WHERE d.id = (SELECT c.id FROM pgtestpool.databases c
+                  WHERE c.template = claim_test_db.template AND c.state = 'ready'
+                    -- only clones of the version being served, never of a replaced one
+                    AND c.source = (SELECT t.database FROM pgtestpool.templates t WHERE t.name = claim_test_db.template)
+                  ORDER BY c.id LIMIT 1
+                    FOR UPDATE SKIP LOCKED)
+  RETURNING d.name, (SELECT t.owner FROM pgtestpool.templates t WHERE t.name = d.template) INTO claimed, owner;
 
-    IF claimed IS NOT NULL THEN
-      -- Clones are created without PUBLIC connect rights: only the claimer (and superusers) get in.
-      IF NOT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user), false) THEN
-        EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO %I', claimed, session_user);
-      END IF;
-      -- Ready clones accept no connections, not even a superuser's. Opening it is part of this
-      -- transaction: until the claim commits nobody can enter, and a claim rolled back leaves the
-      -- clone as it was, closed and unentered. (Before the owner changes: then we no longer own it.)
-      EXECUTE format('ALTER DATABASE %I ALLOW_CONNECTIONS true', claimed);
-      -- The template's owner: role owns its objects; the claimed clone becomes its own only now,
-      -- so that role never reaches ready clones (a database's owner may always connect to it).
-      IF owner IS NOT NULL THEN
-        EXECUTE format('ALTER DATABASE %I OWNER TO %I', claimed, owner);
-      END IF;
-      -- A wake-up for the sidecar, nothing more: it reads what changed from the table.
-      PERFORM pg_notify('pgtestpool', 'claim');
-      -- The appliance runs with synchronous_commit off: a commit returns before its WAL leaves
-      -- PostgreSQL's memory, and a server crash (kill -9, restart -m immediate) would forget this
-      -- claim and hand its clone, in use, to the next test. This transaction's commit waits for
-      -- its WAL (with fsync off, a write to the OS: microseconds). Not in the function's SET
-      -- clause, so it lasts until the caller's commit.
-      PERFORM set_config('synchronous_commit', 'on', true);
-      RETURN claimed;
+  IF claimed IS NULL THEN
+    -- Nothing ready: claims wait in line, first come first served. The line is a session-level
+    -- advisory lock per template (PostgreSQL grants a lock's waiters in arrival order); only the
+    -- claim at its head waits for a clone, and lets go once it has one. Session-level, because a
+    -- claim inside a long transaction must not hold the line until it commits; so every way out of
+    -- this block lets go of it (an error, a timeout, a cancel), and a session that dies does too.
+    BEGIN
+      LOOP
+        -- Nothing ready: say why at once when waiting cannot help, else wait for the refill.
+        SELECT * INTO tpl FROM pgtestpool.templates t WHERE t.name = claim_test_db.template;
+        IF NOT FOUND THEN
+          RAISE EXCEPTION 'pgtestpool: unknown template %', coalesce(quote_literal(claim_test_db.template), 'NULL')
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'known templates: ' || coalesce((SELECT string_agg(quote_literal(t.name), ', ' ORDER BY t.name) FROM pgtestpool.templates t),
+                                                         'none yet (is the pgtestpool sidecar running?)');
+        END IF;
+        IF tpl.database IS NULL AND tpl.state = 'failed' THEN
+          RAISE EXCEPTION 'pgtestpool: template % failed to build', quote_literal(tpl.name)
+            USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = tpl.error,
+                  HINT = coalesce(tpl.hint, 'fix the template''s files; the sidecar log and test_db_status() show the error');
+        END IF;
+        -- Under REPEATABLE READ or SERIALIZABLE the snapshot never shows new clones: waiting is futile.
+        IF current_setting('transaction_isolation') <> 'read committed' THEN
+          RAISE EXCEPTION 'pgtestpool: no ready database for template % and this transaction cannot see new ones', quote_literal(tpl.name)
+            USING ERRCODE = 'lock_not_available', DETAIL = 'transaction isolation is ' || current_setting('transaction_isolation'),
+                  HINT = 'call claim_test_db() outside any transaction (autocommit)';
+        END IF;
+        IF deadline IS NULL THEN
+          deadline := clock_timestamp() + (SELECT value::interval FROM pgtestpool.settings WHERE key = 'claim_timeout');
+        END IF;
+        IF clock_timestamp() >= deadline THEN
+          RAISE EXCEPTION USING
+                  MESSAGE = format('pgtestpool: no ready database for template %s within %s%s', quote_literal(tpl.name),
+                                   (SELECT value FROM pgtestpool.settings WHERE key = 'claim_timeout'),
+                                   ': creating clones fails: ' || tpl.clone_error),
+                  ERRCODE = 'lock_not_available', DETAIL = 'pool: ' || pgtestpool.pool_summary(tpl.name),
+                  HINT = CASE WHEN tpl.clone_error IS NOT NULL
+                              THEN 'the server cannot create clones (see the error); free space or memory, or lower min_ready and pool.max_databases'
+                              ELSE 'release databases with release_test_db(name) or close the claiming sessions, raise min_ready or pool.max_databases, or check the sidecar log' END;
+        END IF;
+        IF NOT queued THEN
+          caller_lock_timeout := current_setting('lock_timeout');
+          BEGIN
+            PERFORM set_config('lock_timeout', greatest(1, ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000))::bigint || 'ms', true);
+            PERFORM pg_advisory_lock(761100468, queue);
+            queued := true;  -- at the head of the line: claim at once (one may have come meanwhile)
+          EXCEPTION WHEN lock_not_available THEN NULL;  -- the deadline passed in line: said above, next round
+          END;
+          PERFORM set_config('lock_timeout', caller_lock_timeout, true);
+        ELSE
+          -- A clone is being made: the sidecar holds its row lock until the clone is ready, so wait on
+          -- that lock and wake the moment it commits. The lock is taken in a subtransaction that is then
+          -- rolled back, which lets it go at once: holding it would stall the sidecar.
+          SELECT c.id INTO waiting_for FROM pgtestpool.databases c
+           WHERE c.template = tpl.name AND c.state = 'creating' AND c.source = tpl.database
+           ORDER BY c.id LIMIT 1;
+          IF FOUND THEN
+            waited := clock_timestamp();
+            caller_lock_timeout := current_setting('lock_timeout');
+            BEGIN
+              PERFORM set_config('lock_timeout', greatest(1, ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000))::bigint || 'ms', true);
+              PERFORM 1 FROM pgtestpool.databases c WHERE c.id = waiting_for FOR UPDATE;
+              RAISE EXCEPTION USING ERRCODE = 'PT001';  -- not an error: releases the lock
+            EXCEPTION WHEN lock_not_available OR SQLSTATE 'PT001' THEN NULL;
+            END;
+            PERFORM set_config('lock_timeout', caller_lock_timeout, true);
+          END IF;
+          -- Waited: a clone was just made, claim again at once. Else (nothing in the making, or its
+          -- lock not held yet: the sidecar is about to) nap; the sidecar refills on the claims'
+          -- NOTIFY, and polls.
+          IF waiting_for IS NULL OR clock_timestamp() - waited <= interval '200 microseconds' THEN
+            PERFORM pg_sleep(nap);
+            nap := least(nap * 2, 0.02);
+          END IF;
+        END IF;
+        -- The same statement as the fast path (each keeps its own cached plan).
+        UPDATE pgtestpool.databases d
+           SET state = 'claimed',
+               claimed_at = clock_timestamp(),
+               claimed_pid = pg_backend_pid(),
+               claimed_backend_start = (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a),
+               claimed_role = session_user,
+               claimed_application = current_setting('application_name'),
+               claimed_addr = inet_client_addr()
+         WHERE d.id = (SELECT c.id FROM pgtestpool.databases c
+                        WHERE c.template = claim_test_db.template AND c.state = 'ready'
+                          -- only clones of the version being served, never of a replaced one
+                          AND c.source = (SELECT t.database FROM pgtestpool.templates t WHERE t.name = claim_test_db.template)
+                        ORDER BY c.id LIMIT 1
+                          FOR UPDATE SKIP LOCKED)
+        RETURNING d.name, (SELECT t.owner FROM pgtestpool.templates t WHERE t.name = d.template) INTO claimed, owner;
+        EXIT WHEN claimed IS NOT NULL;
+      END LOOP;
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+      -- (By pg_locks, not `queued`: a cancel may land between the lock and the assignment.)
+      PERFORM pgtestpool.leave_claim_queue(queue);
+      RAISE;
+    END;
+    IF queued THEN
+      PERFORM pg_advisory_unlock(761100468, queue);
     END IF;
+  END IF;
 
-    -- Nothing ready: say why at once when waiting cannot help, else wait for the refill.
-    SELECT * INTO tpl FROM pgtestpool.templates t WHERE t.name = claim_test_db.template;
-    IF NOT FOUND THEN
-      RAISE EXCEPTION 'pgtestpool: unknown template %', coalesce(quote_literal(claim_test_db.template), 'NULL')
-        USING ERRCODE = 'undefined_object',
-              HINT = 'known templates: ' || coalesce((SELECT string_agg(quote_literal(t.name), ', ' ORDER BY t.name) FROM pgtestpool.templates t),
-                                                     'none yet (is the pgtestpool sidecar running?)');
-    END IF;
-    IF tpl.database IS NULL AND tpl.state = 'failed' THEN
-      RAISE EXCEPTION 'pgtestpool: template % failed to build', quote_literal(tpl.name)
-        USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = tpl.error,
-              HINT = coalesce(tpl.hint, 'fix the template''s files; the sidecar log and test_db_status() show the error');
-    END IF;
-    -- Under REPEATABLE READ or SERIALIZABLE the snapshot never shows new clones: waiting is futile.
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-      RAISE EXCEPTION 'pgtestpool: no ready database for template % and this transaction cannot see new ones', quote_literal(tpl.name)
-        USING ERRCODE = 'lock_not_available', DETAIL = 'transaction isolation is ' || current_setting('transaction_isolation'),
-              HINT = 'call claim_test_db() outside any transaction (autocommit)';
-    END IF;
-    IF deadline IS NULL THEN
-      deadline := clock_timestamp() + (SELECT value::interval FROM pgtestpool.settings WHERE key = 'claim_timeout');
-    END IF;
-    IF clock_timestamp() >= deadline THEN
-      RAISE EXCEPTION USING
-              MESSAGE = format('pgtestpool: no ready database for template %s within %s%s', quote_literal(tpl.name),
-                               (SELECT value FROM pgtestpool.settings WHERE key = 'claim_timeout'),
-                               ': creating clones fails: ' || tpl.clone_error),
-              ERRCODE = 'lock_not_available', DETAIL = 'pool: ' || pgtestpool.pool_summary(tpl.name),
-              HINT = CASE WHEN tpl.clone_error IS NOT NULL
-                          THEN 'the server cannot create clones (see the error); free space or memory, or lower min_ready and pool.max_databases'
-                          ELSE 'release databases with release_test_db(name) or close the claiming sessions, raise min_ready or pool.max_databases, or check the sidecar log' END;
-    END IF;
-    -- A clone is being made: the sidecar holds its row lock until the clone is ready, so wait on
-    -- that lock and wake the moment it commits. The lock is taken in a subtransaction that is then
-    -- rolled back, which lets it go at once: holding it would stall the sidecar.
-    SELECT c.id INTO waiting_for FROM pgtestpool.databases c
-     WHERE c.template = tpl.name AND c.state = 'creating' AND c.source = tpl.database
-     ORDER BY c.id LIMIT 1;
-    IF FOUND THEN
-      waited := clock_timestamp();
-      caller_lock_timeout := current_setting('lock_timeout');
-      BEGIN
-        PERFORM set_config('lock_timeout', greatest(1, ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000))::bigint || 'ms', true);
-        PERFORM 1 FROM pgtestpool.databases c WHERE c.id = waiting_for FOR UPDATE;
-        RAISE EXCEPTION USING ERRCODE = 'PT001';  -- not an error: releases the lock
-      EXCEPTION WHEN lock_not_available OR SQLSTATE 'PT001' THEN NULL;
-      END;
-      PERFORM set_config('lock_timeout', caller_lock_timeout, true);
-      -- Waited: a clone was just made, claim again. Not held yet (the sidecar is about to): nap below.
-      CONTINUE WHEN clock_timestamp() - waited > interval '200 microseconds';
-    END IF;
-    -- The sidecar refills on the claims' NOTIFY (and polls); this nap covers a pool with nothing in the making.
-    PERFORM pg_sleep(nap);
-    nap := least(nap * 2, 0.02);
-  END LOOP;
+  -- Clones are created without PUBLIC connect rights: only the claimer (and superusers) get in.
+  IF NOT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user), false) THEN
+    EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO %I', claimed, session_user);
+  END IF;
+  -- Ready clones accept no connections, not even a superuser's. Opening it is part of this
+  -- transaction: until the claim commits nobody can enter, and a claim rolled back leaves the
+  -- clone as it was, closed and unentered. (Before the owner changes: then we no longer own it.)
+  EXECUTE format('ALTER DATABASE %I ALLOW_CONNECTIONS true', claimed);
+  -- The template's owner: role owns its objects; the claimed clone becomes its own only now,
+  -- so that role never reaches ready clones (a database's owner may always connect to it).
+  IF owner IS NOT NULL THEN
+    EXECUTE format('ALTER DATABASE %I OWNER TO %I', claimed, owner);
+  END IF;
+  -- A wake-up for the sidecar, nothing more: it reads what changed from the table.
+  PERFORM pg_notify('pgtestpool', 'claim');
+  -- The appliance runs with synchronous_commit off: a commit returns before its WAL leaves
+  -- PostgreSQL's memory, and a server crash (kill -9, restart -m immediate) would forget this
+  -- claim and hand its clone, in use, to the next test. This transaction's commit waits for
+  -- its WAL (with fsync off, a write to the OS: microseconds). Not in the function's SET
+  -- clause, so it lasts until the caller's commit.
+  PERFORM set_config('synchronous_commit', 'on', true);
+  RETURN claimed;
 END
 $fn$;
 

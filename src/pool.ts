@@ -1,10 +1,13 @@
-// Keeps min_ready clones per template, never more than pool.max_databases in use, and drops what
-// was released or reclaimed. All state is in pgtestpool.databases; this module only holds the
+// Keeps ready clones per template (min_ready at least, more while tests drain the pool: see
+// depth.ts), never more than pool.max_databases in use, and drops what was released or reclaimed. All state is in pgtestpool.databases; this module only holds the
 // set of jobs in flight. A wake() (NOTIFY, poll, finished job) re-plans from the table.
+import { existsSync, statfsSync } from 'node:fs';
+import path from 'node:path';
 import pg, { escapeLiteral } from 'pg';
 import type { Config, Strategy } from './config.ts';
 import { CONNECT_TIMEOUT_MS, connect, dropDatabase, forDatabase, ident, isConnectionError, type ConnConfig } from './db.ts';
 import { errorMessage, log } from './log.ts';
+import { Depth } from './depth.ts';
 import type { PoolStateRow } from './states.ts';
 import { cloneSetupSql } from './templates.ts';
 
@@ -45,6 +48,11 @@ export class Pool {
   private graceTimer: NodeJS.Timeout | null = null;
   private lastAbandonCheck = 0;
   private readonly strategyClause: string;
+  private readonly depths = new Map<string, Depth>();
+  /** The server's data directory when it is on this machine (its free space bounds the depth); null: not here, or not visible. */
+  private dataDir: string | null | undefined;
+  /** Template database -> its size in bytes. */
+  private readonly sizes = new Map<string, number>();
 
   constructor(private readonly opts: PoolOptions) {
     this.strategyClause = opts.strategy ? ` STRATEGY ${opts.strategy.toUpperCase()}` : '';
@@ -96,9 +104,16 @@ export class Pool {
     const { rows } = await db.query<PoolStateRow>('SELECT * FROM pgtestpool.pool_state()');
     let budget = this.opts.config.pool.maxDatabases - Number(rows[0]?.in_use ?? 0);
     const dropping = rows.reduce((n, r) => n + Number(r.dropping), 0);
-    const needs = rows
-      .filter((r) => r.database !== null && (this.notBefore.get(`t:${r.template}`)?.until ?? 0) <= now)
-      .map((r) => ({ row: r, need: r.min_ready - Number(r.ready) - Number(r.creating), idle: this.idle(r, now) }));
+    const needs: { row: PoolStateRow; need: number; idle: boolean }[] = [];
+    // What every template lacks of its min_ready, built yet or not: one template's extra depth
+    // never takes the budget another needs for its floor.
+    const shortOf = (r: PoolStateRow) => Math.max(0, r.min_ready - Number(r.ready) - Number(r.creating));
+    const shortfall = rows.reduce((n, r) => n + shortOf(r), 0);
+    for (const r of rows) {
+      if (r.database === null || (this.notBefore.get(`t:${r.template}`)?.until ?? 0) > now) continue;
+      const depth = await this.depth(r, budget - (shortfall - shortOf(r)), now);
+      needs.push({ row: r, need: depth - Number(r.ready) - Number(r.creating), idle: this.idle(r, now) });
+    }
 
     // Lending marks a clone for dropping; the budget it frees is spent once that drop is done.
     // While drops are pending they free budget anyway: lend nothing more meanwhile.
@@ -152,22 +167,72 @@ export class Pool {
   }
 
   /**
-   * The budget is spent and a template needs clones: take one ready clone from a template nobody
-   * has claimed for pool.lend_after, so busy templates are not starved by idle ones. The lender
-   * refills when budget frees up again.
+   * The budget is spent and a template is below its min_ready: take one ready clone from a
+   * template holding more than its own min_ready, else from one nobody has claimed for
+   * pool.lend_after, so busy templates are not starved by idle ones nor by another's extra depth.
+   * The lender refills when budget frees up again.
    */
   private async lend(rows: PoolStateRow[], needs: { row: PoolStateRow; need: number; idle: boolean }[], now: number): Promise<void> {
-    const starving = needs.filter((n) => n.need > 0 && !n.idle).sort((a, b) => b.need - a.need)[0];
+    // Only for a template below its min_ready: the extra depth of a busy one is not worth
+    // another template's clones (it would take them all, one lending after another).
+    const below = (n: (typeof needs)[number]) => n.row.min_ready - Number(n.row.ready) - Number(n.row.creating);
+    const starving = needs.filter((n) => below(n) > 0 && !n.idle).sort((a, b) => below(b) - below(a))[0];
     if (!starving) return;
-    const lender = rows
-      .filter((r) => r.template !== starving.row.template && Number(r.ready) > 0 && this.idle(r, now))
-      .sort((a, b) => Number(b.ready) - Number(a.ready))[0];
+    const others = rows.filter((r) => r.template !== starving.row.template);
+    // First a template's extra depth (ready clones above its own min_ready), busy or not; then an
+    // unclaimed template's clones.
+    const extra = others.filter((r) => Number(r.ready) > r.min_ready).sort((a, b) => Number(b.ready) - b.min_ready - (Number(a.ready) - a.min_ready))[0];
+    const lender = extra ?? others.filter((r) => Number(r.ready) > 0 && this.idle(r, now)).sort((a, b) => Number(b.ready) - Number(a.ready))[0];
     if (!lender) return;
+    const why = extra ? `${JSON.stringify(lender.template)} holds more than its min_ready` : `${JSON.stringify(lender.template)} unclaimed`;
     const { rows: lent } = await this.opts.db.query<{ name: string }>('SELECT name FROM pgtestpool.lend_clone($1, $2) name', [
       lender.template,
-      `budget lent to template ${JSON.stringify(starving.row.template)} (${JSON.stringify(lender.template)} unclaimed)`,
+      `budget lent to template ${JSON.stringify(starving.row.template)} (${why})`,
     ]);
-    if (lent[0]) log.info(`${lent[0].name}: template ${JSON.stringify(lender.template)} is unclaimed; its clone makes room for ${JSON.stringify(starving.row.template)}`);
+    if (lent[0]) log.info(`${lent[0].name}: template ${why}; its clone makes room for ${JSON.stringify(starving.row.template)}'s min_ready`);
+  }
+
+  /**
+   * The ready depth for a template: min_ready, grown while claims drain the pool, bounded by the
+   * budget under max_databases and by half the data directory's free space (tests write too).
+   */
+  private async depth(r: PoolStateRow, budget: number, now: number): Promise<number> {
+    let d = this.depths.get(r.template);
+    if (!d) this.depths.set(r.template, (d = new Depth()));
+    const held = Number(r.ready) + Number(r.creating);
+    const cap = held + Math.max(0, Math.min(budget, await this.roomFor(r.database!)));
+    const before = d.current;
+    const target = d.update({ floor: r.min_ready, ready: Number(r.ready), lastClaimAt: r.last_claimed_at?.getTime() ?? 0, cap }, now);
+    if (before !== null && target !== before) {
+      log.debug(`template ${JSON.stringify(r.template)}: ready depth ${before} -> ${target} (min_ready ${r.min_ready}${target >= cap ? `, at the cap ${cap}` : ''})`);
+    }
+    return target;
+  }
+
+  /** How many more clones of `database` half the free space holds; Infinity when the data directory is not visible here. */
+  private async roomFor(database: string): Promise<number> {
+    if (this.dataDir === undefined) {
+      const dir = await this.opts.db
+        .query<{ dir: string }>("SELECT current_setting('data_directory') AS dir")
+        .then((res) => res.rows[0]!.dir, () => null); // not a superuser, nor pg_read_all_settings
+      this.dataDir = dir && existsSync(path.join(dir, 'PG_VERSION')) ? dir : null;
+    }
+    if (!this.dataDir) return Infinity;
+    let size = this.sizes.get(database);
+    if (size === undefined) {
+      const bytes = await this.opts.db
+        .query<{ size: string }>('SELECT pg_database_size($1) AS size', [database])
+        .then((res) => Number(res.rows[0]!.size), () => NaN); // no CONNECT right on it: no bound
+      if (!(bytes > 0)) return Infinity;
+      size = bytes;
+      this.sizes.set(database, size);
+    }
+    try {
+      const fs = statfsSync(this.dataDir);
+      return Math.floor((fs.bavail * fs.bsize * 0.5) / size);
+    } catch {
+      return Infinity;
+    }
   }
 
   /** Unused: no claim outstanding and none for pool.lend_after. */

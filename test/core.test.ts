@@ -162,6 +162,52 @@ for (const install of installs) {
       }
     });
 
+    test('claims waiting on an empty pool are served in arrival order', async () => {
+      const sc = await startSidecar(server, simpleConfig({ minReady: 1, max: 3 }));
+      const clients: pg.Client[] = [];
+      try {
+        // Everything claimed, max_databases reached: every new claim waits.
+        const held = [await claim(admin), await claim(admin), await claim(admin)];
+        const served: number[] = [];
+        const waits: Promise<string>[] = [];
+        for (let i = 0; i < 6; i++) {
+          const c = await client(server);
+          clients.push(c);
+          waits.push(claim(c).then((name) => (served.push(i), name)));
+          await new Promise((r) => setTimeout(r, 150)); // a clear arrival order
+        }
+        // Each release makes room for one clone; each served claim releases at once.
+        for (const name of held) await admin.query('SELECT release_test_db($1)', [name]);
+        for (const w of waits) await admin.query('SELECT release_test_db($1)', [await w]);
+        assert.deepEqual(served, [0, 1, 2, 3, 4, 5]);
+      } finally {
+        for (const c of clients) await c.end();
+        await sc.stop();
+      }
+    });
+
+    test('claims that drain the pool make it deeper than min_ready, within max_databases', async () => {
+      const sc = await startSidecar(server, simpleConfig({ minReady: 2, max: 12 }));
+      const held: string[] = [];
+      try {
+        // A burst that empties the pool twice over: tests running in parallel.
+        for (let i = 0; i < 6; i++) held.push(await claim(admin));
+        const deeper = await waitFor('more than min_ready ready', async () => {
+          const st = await status(admin);
+          return st.ready > 2 ? st : null;
+        }, 10_000);
+        const inUse = deeper!.ready + deeper!.claimed + deeper!.creating + deeper!.dropping;
+        assert.ok(inUse <= 12, `within max_databases: ${JSON.stringify(deeper)}`);
+        // Claims keep coming: the extra depth is there to serve them without a wait.
+        for (let i = 0; i < 3; i++) held.push(await claim(admin));
+        const st = await waitFor('refilled', async () => ((await status(admin)).creating === 0 ? status(admin) : null), 10_000);
+        assert.ok(st!.ready + st!.claimed <= 12, `still within max_databases: ${JSON.stringify(st)}`);
+      } finally {
+        for (const n of held) await admin.query('SELECT release_test_db($1)', [n]);
+        await sc.stop();
+      }
+    });
+
     test('claims waiting on a full pool: a clone whose claimer left is reclaimed within seconds, not after idle_timeout', async () => {
       const sc = await startSidecar(server, simpleConfig({ minReady: 1, max: 2, idle: '30s' }));
       try {

@@ -98,7 +98,8 @@ export async function startSidecar(
   const sidecar = new Sidecar(parseConfig(yaml, configFile), conn);
   try {
     await sidecar.start();
-    if (!(await sidecar.whenFilled(60_000)).filled) throw new Error('the pool did not fill within 60 s');
+    const { filled, status } = await sidecar.whenFilled(60_000);
+    if (!filled) throw new Error(`the pool did not fill within 60 s: ${JSON.stringify(status)}`);
   } catch (err) {
     await sidecar.stop();
     removeConfigDir(configFile);
