@@ -205,6 +205,15 @@ stop_and_check() {
 	echo "$s"
 }
 
+# A container's whole log, read to the end before anything looks at it: a reader that stops at
+# the first match (grep -q, -m1) would kill `docker logs` with SIGPIPE, and pipefail fail the run.
+container_log() {
+	local c=$1
+	shift
+	docker logs "$@" "$c" > "$RUN_DIR/container.log" 2>&1 || true
+	cat "$RUN_DIR/container.log"
+}
+
 # Every process of the container, as "pid uid command" lines (from the host: the image has no ps).
 container_processes() { docker top "$1" -eo pid,uid,comm | tail -n +2; }
 
@@ -244,12 +253,12 @@ check_image() {
 	docker exec "$c" sh -c 'df -t tmpfs "$PGDATA"' > /dev/null || fail 'PGDATA is not on tmpfs'
 	docker exec "$c" node --version | awk -F. '{ exit !(substr($1, 2) >= 20) }' || fail "Node.js in the image is $(docker exec "$c" node --version), not >= 20"
 	# Nothing runs as root once the server is up (as in the official image).
-	if container_processes "$c" | awk '$2 == 0' | grep -q .; then
+	if container_processes "$c" | awk '$2 == 0' | grep . > /dev/null; then
 		container_processes "$c" >&2
 		fail 'processes run as root in the container'
 	fi
 	# A cold start logs no ERROR (a client hitting a database that does not exist yet, say).
-	if docker logs "$c" 2>&1 | grep -E '(ERROR|FATAL):' > "$RUN_DIR/errors.log"; then
+	if container_log "$c" | grep -E '(ERROR|FATAL):' > "$RUN_DIR/errors.log"; then
 		cat "$RUN_DIR/errors.log" >&2
 		fail 'the cold start logged errors'
 	fi
@@ -304,7 +313,7 @@ check_image() {
 	[ "$(sql "$port" control -c 'SELECT bool_and(ready >= min_ready) FROM test_db_status()')" = t ] || fail 'the restarted sidecar did not refill the pool'
 	wait_healthy "$c" 60
 	report "PostgreSQL $major: sidecar killed -> restarted, pool refilled in $(since "$t") s, postgres untouched"
-	docker logs "$c" 2>&1 | grep -q 'terminated by signal' && fail 'postgres logged a crashed child process'
+	if container_log "$c" | grep 'terminated by signal' > /dev/null; then fail 'postgres logged a crashed child process'; fi
 
 	step "PostgreSQL $major: docker stop"
 	stop_t=$(stop_and_check "$c" 0 10)
@@ -363,9 +372,9 @@ check_broken_template() {
 	t=$(now)
 	docker run -d --name "$c" -e POSTGRES_PASSWORD=secret "${TMPFS[@]}" -v "$dir:/pgtestpool:ro" "pgtestpool:ci-$major" > /dev/null
 	total=$(wait_unhealthy "$c" "$t" 30)
-	docker inspect -f '{{range .State.Health.Log}}{{.Output}}{{end}}' "$c" | grep -q 'nowhere' || fail 'the health check output does not say why the template failed'
+	docker inspect -f '{{range .State.Health.Log}}{{.Output}}{{end}}' "$c" | grep 'nowhere' > /dev/null || fail 'the health check output does not say why the template failed'
 	# Seconds from the build's failure (the sidecar's log line) to unhealthy.
-	failed_at=$(docker logs -t "$c" 2>&1 | grep -m1 'template "default".*fail' | cut -d' ' -f1)
+	failed_at=$(container_log "$c" -t | grep 'template "default".*fail' | sed -n '1s/ .*//p')
 	[ -n "$failed_at" ] || { docker logs "$c" 2>&1 | tail -20 >&2; fail 'no build failure in the log'; }
 	after_fail=$(awk -v total="$total" -v t0="$t" -v f="$(date -d "$failed_at" +%s.%N)" 'BEGIN { printf "%.1f", total - (f - t0) }')
 	awk -v s="$after_fail" 'BEGIN { exit !(s <= 10) }' || fail "unhealthy only $after_fail s after the template failed"
@@ -392,8 +401,8 @@ check_early_stops() {
 	c="pgtp-ci-init-$major-$$"
 	CONTAINERS+=("$c")
 	docker run -d --name "$c" -e POSTGRES_PASSWORD=secret "${TMPFS[@]}" -v "$dir/30-slow.sh:/docker-entrypoint-initdb.d/30-slow.sh:ro" "pgtestpool:ci-$major" > /dev/null
-	for _ in $(seq 1 300); do docker logs "$c" 2>&1 | grep -q 'slow init script started' && break; sleep 0.1; done
-	docker logs "$c" 2>&1 | grep -q 'slow init script started' || fail 'the slow init script did not start'
+	for _ in $(seq 1 300); do container_log "$c" | grep 'slow init script started' > /dev/null && break; sleep 0.1; done
+	container_log "$c" | grep 'slow init script started' > /dev/null || fail 'the slow init script did not start'
 	s=$(stop_and_check "$c" 0 5)
 	report "PostgreSQL $major: docker stop during an init script -> exit 0 in $s s"
 	docker rm -f "$c" > /dev/null
