@@ -7,7 +7,7 @@
 -- writes pgtestpool.databases.state or pgtestpool.templates.state:
 --   clone:    new_clone -> creating; clone_ready: creating -> ready; claim_test_db: ready -> claimed;
 --             release_test_db, reclaim: claimed -> dropping; clone_failed, abandon_creating,
---             reconcile_creating, retire_clones, retire_stale, trim_surplus, lend_clone,
+--             reconcile_creating, retire_clones, retire_stale, trim_surplus, trim_ready, lend_clone,
 --             retire_entered, forget_vanished, release_all_claims: (creating | ready | claimed)
 --             -> dropping; mark_dropped: dropping -> tombstone.
 --   template: template_building, template_rebuilding -> building; template_built, template_reused,
@@ -526,6 +526,23 @@ $$;
 
 -- ready -> dropping: one clone of an unclaimed template gives its place under max_databases to a
 -- busy one. Not one made in the last second: a waiting claim of the lender may be about to take it.
+-- ready -> dropping: a template's ready clones beyond `keep`, newest first (claims take the oldest),
+-- when its ready depth falls back after a busy spell: memory follows demand. Rows a claim holds
+-- right now are left alone.
+CREATE OR REPLACE FUNCTION pgtestpool.trim_ready(tpl text, keep integer, reason text) RETURNS SETOF text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  UPDATE pgtestpool.databases d
+     SET state = 'dropping', dropping_since = clock_timestamp(), drop_reason = reason
+   WHERE d.id IN (SELECT r.id FROM pgtestpool.databases r
+                   WHERE r.template = tpl AND r.state = 'ready'
+                   ORDER BY r.id OFFSET greatest(keep, 0)
+                     FOR UPDATE SKIP LOCKED)
+     AND d.state = 'ready'
+  RETURNING d.name
+$$;
+
 CREATE OR REPLACE FUNCTION pgtestpool.lend_clone(lender text, reason text) RETURNS SETOF text
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -603,14 +620,22 @@ RETURNS TABLE (name text, current_name text, reason text, connections bigint, in
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT d.name, coalesce((SELECT db.datname::text FROM pg_database db WHERE db.oid = d.db_oid), d.name), d.drop_reason, c.n,
-         c.n > 0 AND coalesce(d.dropping_since, '-infinity') > clock_timestamp() - grace
-    FROM pgtestpool.databases d,
-         LATERAL (SELECT count(*) AS n FROM pg_stat_activity a
-                   WHERE a.datid = d.db_oid OR a.datname = d.name) c
-   WHERE d.state = 'dropping' AND NOT (d.name = ANY(in_flight))
-   ORDER BY d.id
-   LIMIT max_rows
+  -- The server's sessions are read once per call, not once per row (the pg_stat_activity view
+  -- per row made this the sidecar's costliest statement under load).
+  WITH sessions AS (
+    SELECT a.datid, count(*) AS n FROM pg_stat_get_activity(NULL) a WHERE a.datid IS NOT NULL GROUP BY a.datid
+  ), due AS (
+    SELECT d.id, d.name, d.drop_reason, d.dropping_since,
+           coalesce(d.db_oid, (SELECT db.oid FROM pg_database db WHERE db.datname = d.name)) AS oid
+      FROM pgtestpool.databases d
+     WHERE d.state = 'dropping' AND NOT (d.name = ANY(in_flight))
+     ORDER BY d.id
+     LIMIT max_rows
+  )
+  SELECT due.name, coalesce((SELECT db.datname::text FROM pg_database db WHERE db.oid = due.oid), due.name), due.drop_reason,
+         coalesce(s.n, 0), coalesce(s.n, 0) > 0 AND coalesce(due.dropping_since, '-infinity') > clock_timestamp() - grace
+    FROM due LEFT JOIN sessions s ON s.datid = due.oid
+   ORDER BY due.id
 $$;
 
 -- dropping -> tombstone: the drop finished. Returns who had claimed it, for the log; no row when

@@ -4,13 +4,16 @@
 // min_ready once the extra clones have gone unused for a while. The caller bounds it by what
 // max_databases and the data directory's free space allow.
 
-/** Grow at most this often: the refill needs a moment to show whether the last step was enough. */
-export const GROW_EVERY_MS = 500;
-/** Shrink only after this long without a reason to grow, one step per SHRINK_EVERY_MS. */
-export const CALM_MS = 30_000;
-export const SHRINK_EVERY_MS = 10_000;
-/** A claim this recent means tests are running: an empty pool now makes the next claim wait. */
-export const RECENT_CLAIM_MS = 2_000;
+export const DEPTH_TIMING = {
+  /** Grow at most this often: the refill needs a moment to show whether the last step was enough. */
+  growEveryMs: 500,
+  /** Shrink only after this long without a reason to grow, one step per shrinkEveryMs. */
+  calmMs: 30_000,
+  shrinkEveryMs: 10_000,
+  /** A claim this recent means tests are running: an empty pool now makes the next claim wait. */
+  recentClaimMs: 2_000,
+};
+// (An object, not constants, so a test can shorten the calm it would otherwise wait out.)
 
 export interface DepthInput {
   floor: number;
@@ -30,12 +33,12 @@ export class Depth {
   update(input: DepthInput, now: number): number {
     const floor = input.floor;
     let target = Math.max(this.target ?? floor, floor);
-    const starved = input.ready === 0 && now - input.lastClaimAt < RECENT_CLAIM_MS;
-    if (starved && now - this.lastGrow >= GROW_EVERY_MS) {
+    const starved = input.ready === 0 && now - input.lastClaimAt < DEPTH_TIMING.recentClaimMs;
+    if (starved && now - this.lastGrow >= DEPTH_TIMING.growEveryMs) {
       // Half again, at least 2: a few steps reach the depth of a busy suite.
       target += Math.max(2, Math.ceil(target / 2));
       this.lastGrow = now;
-    } else if (target > floor && now - this.lastGrow >= CALM_MS && now - this.lastShrink >= SHRINK_EVERY_MS) {
+    } else if (target > floor && now - this.lastGrow >= DEPTH_TIMING.calmMs && now - this.lastShrink >= DEPTH_TIMING.shrinkEveryMs) {
       target = Math.max(floor, Math.floor(target * 0.75));
       this.lastShrink = now;
     }

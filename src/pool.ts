@@ -33,11 +33,18 @@ const noop = () => {};
 
 export class Pool {
   /**
-   * CREATE/DROP run here, and each create's row-lock holder (hence twice the concurrency); a worker
-   * connection that dies is replaced by the next job, not reused.
+   * CREATE/DROP run here, and each create's row-lock holder (two connections per create, one per
+   * drop); a worker connection that dies is replaced by the next job, not reused.
    */
   private readonly workers: pg.Pool;
-  private readonly inFlight = new Map<string, Promise<void>>();
+  private readonly inFlight = new Map<string, { kind: Job['kind']; run: Promise<void> }>();
+  /**
+   * Creates and drops have slots of their own, so drops in flight never hold up a create a waiting
+   * claim needs. Drops get fewer: each forces a checkpoint through the one checkpointer, so more
+   * of them at once barely go faster, and they only give back memory and budget.
+   */
+  private readonly createSlots: number;
+  private readonly dropSlots: number;
   /** Template or database name -> time before which it is not retried, after a failure. */
   private readonly notBefore = new Map<string, { until: number; delay: number }>();
   private tick: Promise<void> | null = null;
@@ -56,12 +63,18 @@ export class Pool {
 
   constructor(private readonly opts: PoolOptions) {
     this.strategyClause = opts.strategy ? ` STRATEGY ${opts.strategy.toUpperCase()}` : '';
-    this.workers = new pg.Pool({ ...opts.conn, application_name: 'pgtestpool worker', max: 2 * opts.config.pool.concurrency, idleTimeoutMillis: 0, connectionTimeoutMillis: CONNECT_TIMEOUT_MS });
+    this.createSlots = opts.config.pool.concurrency;
+    this.dropSlots = Math.max(1, Math.ceil(opts.config.pool.concurrency / 2));
+    this.workers = new pg.Pool({
+      ...opts.conn, application_name: 'pgtestpool worker', max: 2 * this.createSlots + this.dropSlots, idleTimeoutMillis: 0, connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+    });
     this.workers.on('error', (err) => log.warn(`worker connection: ${errorMessage(err)}`));
   }
 
-  private get free(): number {
-    return this.opts.config.pool.concurrency - this.inFlight.size;
+  private free(kind: Job['kind']): number {
+    let busy = 0;
+    for (const j of this.inFlight.values()) if (j.kind === kind) busy++;
+    return (kind === 'create' ? this.createSlots : this.dropSlots) - busy;
   }
 
   /** Planning begins: call once the templates are prepared. */
@@ -92,7 +105,7 @@ export class Pool {
   }
 
   private async plan(): Promise<void> {
-    if (this.stopped || this.free <= 0) return;
+    if (this.stopped || (this.free('create') <= 0 && this.free('drop') <= 0)) return;
     const db = this.opts.db;
     const now = Date.now();
     if (now - this.lastAbandonCheck >= this.opts.config.pool.pollIntervalMs) {
@@ -112,7 +125,9 @@ export class Pool {
     for (const r of rows) {
       if (r.database === null || (this.notBefore.get(`t:${r.template}`)?.until ?? 0) > now) continue;
       const depth = await this.depth(r, budget - (shortfall - shortOf(r)), now);
-      needs.push({ row: r, need: depth - Number(r.ready) - Number(r.creating), idle: this.idle(r, now) });
+      const need = depth - Number(r.ready) - Number(r.creating);
+      if (need < 0 && Number(r.ready) > depth) await this.trim(r.template, depth);
+      needs.push({ row: r, need, idle: this.idle(r, now) });
     }
 
     // Lending marks a clone for dropping; the budget it frees is spent once that drop is done.
@@ -120,7 +135,7 @@ export class Pool {
     if (budget <= 0 && dropping === 0) await this.lend(rows, needs, now);
 
     // Creates first: a test may be waiting for one; drops only free memory and can wait.
-    while (this.free > 0 && budget > 0 && !this.stopped) {
+    while (this.free('create') > 0 && budget > 0 && !this.stopped) {
       // Templates in use before idle ones (else a lender would take back at once the budget it
       // lent), then the emptiest pool (a claim may be waiting on it, unseen), then the neediest.
       const held = (n: (typeof needs)[number]) => Number(n.row.ready) + Number(n.row.creating);
@@ -137,7 +152,7 @@ export class Pool {
       budget--;
       this.dispatch({ kind: 'create', name: c.name, source: c.source, template: next.row.template });
     }
-    if (this.free <= 0 || this.stopped) return;
+    if (this.free('drop') <= 0 || this.stopped) return;
 
     // A released clone's connections get lease.release_grace to close before the drop forces
     // them: a client closing its own pool as it releases must not see its sessions killed.
@@ -147,7 +162,7 @@ export class Pool {
     );
     let waiting = false;
     for (const d of drops) {
-      if (this.free <= 0 || this.stopped) break;
+      if (this.free('drop') <= 0 || this.stopped) break;
       if (d.in_grace) {
         waiting = true;
         continue;
@@ -164,6 +179,14 @@ export class Pool {
       this.graceTimer = null;
       this.wake();
     }, ms);
+  }
+
+  /** The ready depth fell back (tests went quiet): the ready clones above it go, and their memory with them. */
+  private async trim(template: string, keep: number): Promise<void> {
+    const { rows } = await this.opts.db.query<{ name: string }>('SELECT name FROM pgtestpool.trim_ready($1, $2, $3) name', [
+      template, keep, `surplus: the ready depth fell back to ${keep} after claims went quiet`,
+    ]);
+    if (rows.length) log.debug(`template ${JSON.stringify(template)}: ${rows.length} ready clone(s) above the depth ${keep} will be dropped`);
   }
 
   /**
@@ -247,7 +270,7 @@ export class Pool {
         this.inFlight.delete(job.name);
         this.wake();
       });
-    this.inFlight.set(job.name, run);
+    this.inFlight.set(job.name, { kind: job.kind, run });
   }
 
   private async create(job: Extract<Job, { kind: 'create' }>): Promise<void> {
@@ -350,7 +373,7 @@ export class Pool {
     this.stopped = true;
     if (this.graceTimer) clearTimeout(this.graceTimer);
     await this.tick;
-    await Promise.allSettled([...this.inFlight.values()]);
+    await Promise.allSettled([...this.inFlight.values()].map((j) => j.run));
     await this.workers.end().catch(() => {});
   }
 }

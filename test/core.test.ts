@@ -7,6 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import type pg from 'pg';
 import { parseConfig } from '../src/config.ts';
 import type { EmbeddedServer } from '../src/embedded.ts';
+import { DEPTH_TIMING } from '../src/depth.ts';
 import { Sidecar } from '../src/sidecar.ts';
 import {
   claim, client, configDir, databaseExists, exited, removeConfigDir, simpleConfig, spawnSidecar, startServer,
@@ -204,6 +205,28 @@ for (const install of installs) {
         assert.ok(st!.ready + st!.claimed <= 12, `still within max_databases: ${JSON.stringify(st)}`);
       } finally {
         for (const n of held) await admin.query('SELECT release_test_db($1)', [n]);
+        await sc.stop();
+      }
+    });
+
+    test('once claims go quiet the extra depth falls back to min_ready and the ready clones above it are dropped', async () => {
+      const saved = { ...DEPTH_TIMING };
+      Object.assign(DEPTH_TIMING, { calmMs: 1_500, shrinkEveryMs: 200 }); // 30 s and 10 s in real use
+      const sc = await startSidecar(server, simpleConfig({ minReady: 2, max: 20 }));
+      try {
+        const held: string[] = [];
+        for (let i = 0; i < 8; i++) held.push(await claim(admin));
+        await waitFor('deeper than min_ready', async () => ((await status(admin)).ready > 3 ? true : null), 10_000);
+        for (const n of held) await admin.query('SELECT release_test_db($1)', [n]);
+        const st = await waitFor('back to min_ready', async () => {
+          const s = await status(admin);
+          return s.ready === 2 && s.dropping === 0 && s.creating === 0 ? s : null;
+        }, 15_000);
+        assert.equal(st!.ready, 2);
+        const { rows } = await admin.query(`SELECT count(*)::int AS n FROM pgtestpool.dropped WHERE drop_reason LIKE 'surplus: the ready depth fell back%'`);
+        assert.ok(rows[0].n >= 2, `ready clones above the depth were dropped as surplus (${rows[0].n})`);
+      } finally {
+        Object.assign(DEPTH_TIMING, saved);
         await sc.stop();
       }
     });

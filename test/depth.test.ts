@@ -2,7 +2,9 @@
 // a real server, is in core.test.ts).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { CALM_MS, Depth, GROW_EVERY_MS, RECENT_CLAIM_MS, SHRINK_EVERY_MS } from '../src/depth.ts';
+import { Depth, DEPTH_TIMING } from '../src/depth.ts';
+
+const { calmMs: CALM_MS, growEveryMs: GROW_EVERY_MS, recentClaimMs: RECENT_CLAIM_MS, shrinkEveryMs: SHRINK_EVERY_MS } = DEPTH_TIMING;
 
 const busy = (now: number, ready: number, cap = 1000) => ({ floor: 8, ready, lastClaimAt: now - 10, cap });
 
