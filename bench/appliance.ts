@@ -1,5 +1,5 @@
-// The appliance's own figures, on the benchmark's server: claim latency alone (refill paused) and
-// under refill, the pool's refill rate against raw back-to-back CREATE DATABASE on one and two
+// The appliance's own figures, on the benchmark's server: claim latency alone (refill paused),
+// under refill and as a new connection's first statement, claim waits under overload, the pool's refill rate against raw back-to-back CREATE DATABASE on one and two
 // connections, drop rates, and the memory a clone takes on tmpfs.
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
@@ -18,6 +18,8 @@ export interface ApplianceFigures {
   claimAlone: { c1: Summary; c8: Summary };
   /** The sidecar running and refilling while the claims go on. */
   claimUnderRefill: { c1: Summary; c8: Summary };
+  /** A claim as the first statement of a new connection (refill running): what a fixture opening a control connection per test pays. */
+  firstClaim: Summary;
   /** `SELECT 1` on the same connections: the client round trip no claim can beat. */
   selectOne: { c1: Summary; c8: Summary };
   refill: {
@@ -36,6 +38,7 @@ export interface ApplianceFigures {
 const POOL: Record<TemplateName, number> = { example: 200, pagila: 80 };
 const CLAIMS = 200;
 const RAW = 60;
+const FIRST_CLAIMS = 100;
 
 function clients(server: EmbeddedServer, n: number): Promise<pg.Client[]> {
   return Promise.all(Array.from({ length: n }, () => open(server, 'postgres', 'bench claims')));
@@ -149,6 +152,22 @@ export async function measureAppliance(
       }
     }
 
+    // The first claim of a new session: connect, claim (timed), release, disconnect.
+    await quiescent(admin, templates);
+    const first: number[] = [];
+    for (let i = 0; i < FIRST_CLAIMS; i++) {
+      const c = await open(server, 'postgres', 'bench first claim');
+      try {
+        const t0 = performance.now();
+        const { rows } = await c.query('SELECT claim_test_db($1) AS name', ['example']);
+        first.push(performance.now() - t0);
+        await c.query('SELECT release_test_db($1)', [rows[0].name]);
+      } finally {
+        await c.end();
+      }
+    }
+    const firstClaim = summary(first);
+
     const refill: ApplianceFigures['refill'] = [];
     const memory: ApplianceFigures['memory'] = [];
     for (const t of templates) {
@@ -190,6 +209,7 @@ export async function measureAppliance(
       ['alone (refill paused), 8 clients', ms(claimAlone.c8.p50), ms(claimAlone.c8.p95), ms(claimAlone.c8.p99), String(claimAlone.c8.n)],
       ['while the pool refills, 1 client', ms(claimUnderRefill.c1.p50), ms(claimUnderRefill.c1.p95), ms(claimUnderRefill.c1.p99), String(claimUnderRefill.c1.n)],
       ['while the pool refills, 8 clients', ms(claimUnderRefill.c8.p50), ms(claimUnderRefill.c8.p95), ms(claimUnderRefill.c8.p99), String(claimUnderRefill.c8.n)],
+      ['first statement of a new connection', ms(firstClaim.p50), ms(firstClaim.p95), ms(firstClaim.p99), String(firstClaim.n)],
       ['(floor) SELECT 1, 1 client', ms(selectOne.c1.p50), ms(selectOne.c1.p95), ms(selectOne.c1.p99), String(selectOne.c1.n)],
       ['(floor) SELECT 1, 8 clients', ms(selectOne.c8.p50), ms(selectOne.c8.p95), ms(selectOne.c8.p99), String(selectOne.c8.n)],
     ]));
@@ -202,7 +222,7 @@ export async function measureAppliance(
     say(table(['template', 'pg_database_size MB', 'tmpfs per clone MB'], memory.map((m) => [
       m.template, (m.databaseBytes / 2 ** 20).toFixed(1), (m.tmpfsBytesPerClone / 2 ** 20).toFixed(1),
     ])));
-    return { claimAlone, claimUnderRefill, selectOne, refill, memory };
+    return { claimAlone, claimUnderRefill, firstClaim, selectOne, refill, memory };
   } finally {
     await sidecar.stop();
   }
@@ -214,4 +234,62 @@ async function waitFull(admin: pg.Client, template: string): Promise<void> {
     if (rows[0]?.ok) return;
     await sleep(2);
   }
+}
+
+export interface OverloadFigures {
+  clients: number;
+  claims: number;
+  claimsPerS: number;
+  /** How long each claim_test_db() call waited, ms. */
+  claim: Summary;
+  maxMs: number;
+  errors: string[];
+}
+
+const OVERLOAD_CLIENTS = 50;
+const OVERLOAD_CLAIMS = 600;
+
+/**
+ * More demand than the pool can make clones for: 50 clients each claim, connect, query, close and
+ * release back to back, on the sidecar running now (the defaults). Every claim waits in line; a
+ * fair line keeps the slowest waits near the typical one.
+ */
+export async function measureOverload(server: EmbeddedServer, admin: pg.Client, say: (s?: string) => void): Promise<OverloadFigures> {
+  await quiescent(admin, ['example']);
+  const cs = await clients(server, OVERLOAD_CLIENTS);
+  const lat: number[] = [];
+  const errors: string[] = [];
+  let left = OVERLOAD_CLAIMS;
+  const t0 = performance.now();
+  try {
+    await Promise.all(cs.map(async (c) => {
+      while (left > 0) {
+        left--;
+        const t1 = performance.now();
+        try {
+          const { rows } = await c.query('SELECT claim_test_db($1) AS name', ['example']);
+          lat.push(performance.now() - t1);
+          const db = await open(server, rows[0].name, 'bench overload test');
+          await db.query('SELECT count(*) FROM accounts');
+          await db.end();
+          await c.query('SELECT release_test_db($1)', [rows[0].name]);
+        } catch (err) {
+          errors.push(err instanceof Error ? err.message : String(err));
+        }
+      }
+    }));
+  } finally {
+    await Promise.all(cs.map((c) => c.end()));
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  const o: OverloadFigures = {
+    clients: OVERLOAD_CLIENTS, claims: lat.length, claimsPerS: lat.length / seconds, claim: summary(lat), maxMs: Math.max(...lat), errors,
+  };
+  await quiescent(admin, ['example']);
+  say(`Overload (defaults, example): ${o.clients} clients claim, connect, query, release back to back: ${o.claims} claims in ${seconds.toFixed(1)} s (${o.claimsPerS.toFixed(0)}/s)`);
+  say(table(['claim wait', 'p50 ms', 'p95 ms', 'p99 ms', 'max ms', 'p99 / p50', 'failed'], [[
+    `${o.clients} clients`, ms(o.claim.p50), ms(o.claim.p95), ms(o.claim.p99), ms(o.maxMs), `${(o.claim.p99 / o.claim.p50).toFixed(1)}×`, String(errors.length),
+  ]]));
+  if (errors.length) say(`  failures (first 3): ${errors.slice(0, 3).join(' | ')}`);
+  return o;
 }

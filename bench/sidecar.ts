@@ -1,6 +1,6 @@
 // The appliance's sidecar for the benchmark: a separate process attached to the benchmark's server,
 // exactly as the image runs it, and a wait for its pools to settle.
-import { writeFileSync } from 'node:fs';
+import { appendFileSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
 import type pg from 'pg';
 import type { EmbeddedServer } from '../src/embedded.ts';
@@ -12,7 +12,7 @@ export interface SidecarProcess {
   stop(): Promise<void>;
 }
 
-/** The test harness's child-process sidecar, with its log written to `logFile` when it stops. */
+/** The test harness's child-process sidecar, with its log appended to `logFile` when it stops. */
 export async function spawnSidecar(server: EmbeddedServer, yaml: string, logFile: string): Promise<SidecarProcess> {
   const configFile = configDir(yaml);
   const child = spawnChild(server, configFile);
@@ -22,7 +22,7 @@ export async function spawnSidecar(server: EmbeddedServer, yaml: string, logFile
       child.kill('SIGTERM');
     }
     await exited(child);
-    writeFileSync(logFile, child.output());
+    appendFileSync(logFile, child.output());
     removeConfigDir(configFile);
   };
   try {
@@ -54,3 +54,37 @@ export async function quiescent(admin: pg.Client, templates: string[], timeoutMs
   }
 }
 
+
+/**
+ * One sidecar at a time on the benchmark's server, by configuration name: use() stops the running
+ * one and starts the asked one unless it already runs (the templates are reused: same inputs).
+ */
+export class SidecarSwitch {
+  private running: { kind: string; sidecar: SidecarProcess } | null = null;
+
+  constructor(
+    private readonly server: EmbeddedServer,
+    private readonly configs: Record<string, string>,
+    private readonly logFile: (kind: string) => string,
+  ) {}
+
+  async use(kind: string): Promise<SidecarProcess> {
+    if (this.running?.kind === kind) return this.running.sidecar;
+    await this.stop();
+    const yaml = this.configs[kind];
+    if (yaml === undefined) throw new Error(`no sidecar configuration ${kind}`);
+    const sidecar = await spawnSidecar(this.server, yaml, this.logFile(kind));
+    this.running = { kind, sidecar };
+    return sidecar;
+  }
+
+  get pid(): number | undefined {
+    return this.running?.sidecar.child.pid;
+  }
+
+  async stop(): Promise<void> {
+    const r = this.running;
+    this.running = null;
+    await r?.sidecar.stop();
+  }
+}

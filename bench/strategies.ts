@@ -5,7 +5,7 @@ import pg from 'pg';
 import { ident } from '../src/db.ts';
 import type { EmbeddedServer } from '../src/embedded.ts';
 import { runSqlFile } from '../src/sqlscript.ts';
-import { runWorkload, type TemplateName, type TemplateSpec } from './workload.ts';
+import { runWorkload, type TemplateSpec } from './workload.ts';
 
 export interface TestTiming {
   /** Until the test holds a database that answered its first query. */
@@ -75,18 +75,21 @@ abstract class WithControl implements Strategy {
 
 /** 1. The appliance: claim from the warm pool, connect, test, release (the pool drops it later). */
 export class PgtestpoolStrategy extends WithControl {
-  readonly id = 'pgtestpool';
-  readonly label = 'pgtestpool: claim_test_db() + connect';
+  readonly id: string;
+  readonly label: string;
   /** Per test: the claim call alone, for the report. */
   readonly claimMs: number[] = [];
 
-  constructor(private readonly poolTemplate: (t: TemplateName) => string) {
+  /** `sidecar`: the configuration the appliance runs with for this strategy (see bench/run.ts). */
+  constructor(readonly sidecar: 'default' | 'tuned', tunedMinReady: number) {
     super();
+    this.id = sidecar === 'default' ? 'pgtestpool' : 'pgtestpool-tuned';
+    this.label = sidecar === 'default' ? 'pgtestpool: claim_test_db() + connect' : `pgtestpool hand-tuned (min_ready ${tunedMinReady})`;
   }
 
   async one(i: number, slot: number): Promise<TestTiming> {
     const t0 = now();
-    const { rows } = await this.ctl(slot).query('SELECT claim_test_db($1) AS name', [this.poolTemplate(this.cell.spec.name)]);
+    const { rows } = await this.ctl(slot).query('SELECT claim_test_db($1) AS name', [this.cell.spec.name]);
     const t1 = now();
     this.claimMs.push(t1 - t0);
     const name: string = rows[0].name;

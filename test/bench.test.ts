@@ -18,14 +18,20 @@ test('npm run bench --quick: all strategies run without errors and the JSON hold
     const file = readdirSync(out).find((f) => f.endsWith('.json'));
     assert.ok(file, 'a JSON result is written');
     const json = JSON.parse(readFileSync(path.join(out, file), 'utf8'));
-    const strategies = json.cells[0].strategies as { id: string; done: number; errors: string[]; suiteMs: number; setup: { p50: number } }[];
-    assert.deepEqual(strategies.map((s) => s.id).sort(),
-      ['clone-file_copy', 'clone-wal_log', 'fresh-schema', 'pglite', 'pgtestpool', 'rollback', 'truncate']);
-    for (const s of strategies) {
-      assert.deepEqual(s.errors, [], `${s.id} had failing tests`);
-      assert.ok(s.done >= 2 && s.suiteMs > 0 && s.setup.p50 > 0, `${s.id} ran and was timed: ${JSON.stringify(s)}`);
+    assert.ok(json.runs.length >= 1, 'one run per PostgreSQL major');
+    for (const run of json.runs) {
+      const strategies = run.cells[0].strategies as { id: string; done: number; errors: string[]; suiteMs: number; settleMs: number; cpuPerTest: { total: number }; setup: { p50: number } }[];
+      assert.deepEqual(strategies.map((s) => s.id).sort(),
+        ['clone-file_copy', 'clone-wal_log', 'fresh-schema', 'pglite', 'pgtestpool', 'pgtestpool-tuned', 'rollback', 'truncate']);
+      for (const s of strategies) {
+        assert.deepEqual(s.errors, [], `${s.id} had failing tests`);
+        assert.ok(s.done >= 2 && s.suiteMs > 0 && s.setup.p50 > 0, `${s.id} ran and was timed: ${JSON.stringify(s)}`);
+        assert.ok(s.settleMs >= 0 && s.cpuPerTest.total > 0, `${s.id} has its settle time and CPU per test: ${JSON.stringify(s)}`);
+      }
+      assert.ok(run.targets.some((t: { target: string }) => /defaults within 10% of hand-tuned/.test(t.target)), 'the tuned comparison is a target');
     }
     assert.match(r.stdout, /suite wall time ahead of every same-isolation strategy \(example, concurrency 2\)/);
+    assert.match(r.stdout, /suite\+settle s/);
   } finally {
     rmSync(out, { recursive: true, force: true });
   }
