@@ -7,7 +7,7 @@ import pg, { escapeLiteral } from 'pg';
 import type { Config, Strategy } from './config.ts';
 import { CONNECT_TIMEOUT_MS, connect, dropDatabase, forDatabase, ident, isConnectionError, type ConnConfig } from './db.ts';
 import { errorMessage, log } from './log.ts';
-import { Depth } from './depth.ts';
+import { Depth, DEPTH_TIMING } from './depth.ts';
 import type { PoolStateRow } from './states.ts';
 import { cloneSetupSql } from './templates.ts';
 
@@ -24,6 +24,8 @@ export interface PoolOptions {
 }
 
 const MAX_BACKOFF_MS = 30_000;
+/** How many times pool.concurrency creates run at once while claims find a template empty. */
+const STARVED_CREATE_FACTOR = 2;
 /** How soon to look again at a released clone whose connections are still closing. */
 const GRACE_RECHECK_MS = 50;
 /** As a literal statement: it shares a multi-statement round trip, which cannot take parameters. */
@@ -66,15 +68,15 @@ export class Pool {
     this.createSlots = opts.config.pool.concurrency;
     this.dropSlots = Math.max(1, Math.ceil(opts.config.pool.concurrency / 2));
     this.workers = new pg.Pool({
-      ...opts.conn, application_name: 'pgtestpool worker', max: 2 * this.createSlots + this.dropSlots, idleTimeoutMillis: 0, connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+      ...opts.conn, application_name: 'pgtestpool worker', max: 2 * STARVED_CREATE_FACTOR * this.createSlots + this.dropSlots, idleTimeoutMillis: 0, connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
     });
     this.workers.on('error', (err) => log.warn(`worker connection: ${errorMessage(err)}`));
   }
 
-  private free(kind: Job['kind']): number {
+  private free(kind: Job['kind'], slots = kind === 'create' ? this.createSlots : this.dropSlots): number {
     let busy = 0;
     for (const j of this.inFlight.values()) if (j.kind === kind) busy++;
-    return (kind === 'create' ? this.createSlots : this.dropSlots) - busy;
+    return slots - busy;
   }
 
   /** Planning begins: call once the templates are prepared. */
@@ -105,7 +107,7 @@ export class Pool {
   }
 
   private async plan(): Promise<void> {
-    if (this.stopped || (this.free('create') <= 0 && this.free('drop') <= 0)) return;
+    if (this.stopped || (this.free('create', STARVED_CREATE_FACTOR * this.createSlots) <= 0 && this.free('drop') <= 0)) return;
     const db = this.opts.db;
     const now = Date.now();
     if (now - this.lastAbandonCheck >= this.opts.config.pool.pollIntervalMs) {
@@ -134,8 +136,13 @@ export class Pool {
     // While drops are pending they free budget anyway: lend nothing more meanwhile.
     if (budget <= 0 && dropping === 0) await this.lend(rows, needs, now);
 
-    // Creates first: a test may be waiting for one; drops only free memory and can wait.
-    while (this.free('create') > 0 && budget > 0 && !this.stopped) {
+    // Creates first: a test may be waiting for one; drops only free memory and can wait. While
+    // claims find a template empty, twice as many at once: part of a create is waiting on the
+    // checkpointer, and the tests' own sessions share the cores, so at pool.concurrency alone the
+    // cores idle while every claim waits.
+    const starved = needs.some((n) => n.need > 0 && Number(n.row.ready) === 0 && now - (n.row.last_claimed_at?.getTime() ?? 0) < DEPTH_TIMING.recentClaimMs);
+    const createSlots = starved ? STARVED_CREATE_FACTOR * this.createSlots : this.createSlots;
+    while (this.free('create', createSlots) > 0 && budget > 0 && !this.stopped) {
       // Templates in use before idle ones (else a lender would take back at once the budget it
       // lent), then the emptiest pool (a claim may be waiting on it, unseen), then the neediest.
       const held = (n: (typeof needs)[number]) => Number(n.row.ready) + Number(n.row.creating);
