@@ -67,23 +67,24 @@ async function releaseAll(c: pg.Client, names: string[]): Promise<void> {
   await c.query('SELECT release_test_db(n) FROM unnest($1::text[]) n', [names]);
 }
 
-function duBytes(dir: string): number {
-  return Number(execFileSync('du', ['-sb', dir], { encoding: 'utf8' }).split('\t')[0]);
+/** Bytes the listed databases' directories take (on tmpfs: the memory they cost), by du on each. */
+function duBytes(dirs: string[]): number {
+  return dirs.reduce((sum, d) => sum + Number(execFileSync('du', ['-sb', d], { encoding: 'utf8' }).split('\t')[0]), 0);
 }
 
 async function rawCreates(server: EmbeddedServer, source: string, conns: number, total: number, tag: string): Promise<{ perS: number; names: string[]; dropPerS: number; bytesPerClone: number }> {
   const cs = await clients(server, conns);
   const names = Array.from({ length: total }, (_, i) => `bench_raw_${tag}_${conns}_${i}`);
-  const base = path.join(server.dataDir, 'base');
   try {
-    const before = duBytes(base);
     let next = 0;
     const t0 = performance.now();
     await Promise.all(cs.map(async (c) => {
       while (next < total) await c.query(`CREATE DATABASE ${ident(names[next++]!)} TEMPLATE ${ident(source)} STRATEGY FILE_COPY`);
     }));
     const perS = total / ((performance.now() - t0) / 1000);
-    const bytesPerClone = (duBytes(base) - before) / total;
+    // Only these clones' own directories: the pool beside them creates and drops its own meanwhile.
+    const { rows } = await cs[0]!.query<{ oid: string }>('SELECT oid::text FROM pg_database WHERE datname = ANY($1)', [names]);
+    const bytesPerClone = duBytes(rows.map((r) => path.join(server.dataDir, 'base', r.oid))) / total;
     next = 0;
     const t1 = performance.now();
     await Promise.all(cs.map(async (c) => {
