@@ -15,6 +15,11 @@ export const DEPTH_TIMING = {
 };
 // (An object, not constants, so a test can shorten the calm it would otherwise wait out.)
 
+/** Claims are finding the pool empty: nothing ready while tests are claiming. */
+export function starved(ready: number, lastClaimAt: number, now: number): boolean {
+  return ready === 0 && now - lastClaimAt < DEPTH_TIMING.recentClaimMs;
+}
+
 export interface DepthInput {
   floor: number;
   ready: number;
@@ -33,8 +38,7 @@ export class Depth {
   update(input: DepthInput, now: number): number {
     const floor = input.floor;
     let target = Math.max(this.target ?? floor, floor);
-    const starved = input.ready === 0 && now - input.lastClaimAt < DEPTH_TIMING.recentClaimMs;
-    if (starved && now - this.lastGrow >= DEPTH_TIMING.growEveryMs) {
+    if (starved(input.ready, input.lastClaimAt, now) && now - this.lastGrow >= DEPTH_TIMING.growEveryMs) {
       // Half again, at least 2: a few steps reach the depth of a busy suite.
       target += Math.max(2, Math.ceil(target / 2));
       this.lastGrow = now;

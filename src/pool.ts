@@ -7,7 +7,7 @@ import pg, { escapeLiteral } from 'pg';
 import type { Config, Strategy } from './config.ts';
 import { CONNECT_TIMEOUT_MS, connect, dropDatabase, forDatabase, ident, isConnectionError, type ConnConfig } from './db.ts';
 import { errorMessage, log } from './log.ts';
-import { Depth, DEPTH_TIMING } from './depth.ts';
+import { Depth, starved } from './depth.ts';
 import type { PoolStateRow } from './states.ts';
 import { cloneSetupSql } from './templates.ts';
 
@@ -128,7 +128,7 @@ export class Pool {
       if (r.database === null || (this.notBefore.get(`t:${r.template}`)?.until ?? 0) > now) continue;
       const depth = await this.depth(r, budget - (shortfall - shortOf(r)), now);
       const need = depth - Number(r.ready) - Number(r.creating);
-      if (need < 0 && Number(r.ready) > depth) await this.trim(r.template, depth);
+      if (Number(r.ready) > depth) await this.trim(r.template, depth);
       needs.push({ row: r, need, idle: this.idle(r, now) });
     }
 
@@ -140,8 +140,8 @@ export class Pool {
     // claims find a template empty, twice as many at once: part of a create is waiting on the
     // checkpointer, and the tests' own sessions share the cores, so at pool.concurrency alone the
     // cores idle while every claim waits.
-    const starved = needs.some((n) => n.need > 0 && Number(n.row.ready) === 0 && now - (n.row.last_claimed_at?.getTime() ?? 0) < DEPTH_TIMING.recentClaimMs);
-    const createSlots = starved ? STARVED_CREATE_FACTOR * this.createSlots : this.createSlots;
+    const anyStarved = needs.some((n) => n.need > 0 && starved(Number(n.row.ready), n.row.last_claimed_at?.getTime() ?? 0, now));
+    const createSlots = anyStarved ? STARVED_CREATE_FACTOR * this.createSlots : this.createSlots;
     while (this.free('create', createSlots) > 0 && budget > 0 && !this.stopped) {
       // Templates in use before idle ones (else a lender would take back at once the budget it
       // lent), then the emptiest pool (a claim may be waiting on it, unseen), then the neediest.
