@@ -169,18 +169,28 @@ for (const install of installs) {
       try {
         // Everything claimed, max_databases reached: every new claim waits.
         const held = [await claim(admin), await claim(admin), await claim(admin)];
-        const served: number[] = [];
         const waits: Promise<string>[] = [];
         for (let i = 0; i < 6; i++) {
           const c = await client(server);
           clients.push(c);
-          waits.push(claim(c).then((name) => (served.push(i), name)));
+          waits.push(claim(c));
           await new Promise((r) => setTimeout(r, 150)); // a clear arrival order
         }
         // Each release makes room for one clone; each served claim releases at once.
         for (const name of held) await admin.query('SELECT release_test_db($1)', [name]);
-        for (const w of waits) await admin.query('SELECT release_test_db($1)', [await w]);
-        assert.deepEqual(served, [0, 1, 2, 3, 4, 5]);
+        // The order the line handed out clones is claimed_at (set under the line's lock). Not the
+        // order the answers reach this process: the head lets go of the line before its claim
+        // commits, so the next claim's answer can overtake it by a fraction of a millisecond.
+        const claimedAt: number[] = [];
+        for (const w of waits) {
+          const name = await w;
+          const { rows } = await admin.query(
+            'SELECT (extract(epoch FROM claimed_at) * 1000000)::bigint::text AS us FROM pgtestpool.databases WHERE name = $1', [name]);
+          claimedAt.push(Number(rows[0].us)); // microseconds: Date would round ties to one ms
+          await admin.query('SELECT release_test_db($1)', [name]);
+        }
+        const order = claimedAt.map((t, i) => ({ t, i })).sort((a, b) => a.t - b.t).map(({ i }) => i);
+        assert.deepEqual(order, [0, 1, 2, 3, 4, 5]);
       } finally {
         for (const c of clients) await c.end();
         await sc.stop();
