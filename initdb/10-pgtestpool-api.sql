@@ -5,7 +5,8 @@
 --
 -- Every change of a clone's or a template's state is one of the functions below, and nothing else
 -- writes pgtestpool.databases.state or pgtestpool.templates.state:
---   clone:    new_clone -> creating; clone_ready: creating -> ready; claim_test_db: ready -> claimed;
+--   clone:    new_clone -> creating; clone_ready: creating -> ready; claim_test_db (claim_wait when
+--             nothing is ready): ready -> claimed;
 --             release_test_db, reclaim: claimed -> dropping; clone_failed, abandon_creating,
 --             reconcile_creating, retire_clones, retire_stale, trim_surplus, trim_ready, lend_clone,
 --             retire_entered, forget_vanished, release_all_claims: (creating | ready | claimed)
@@ -56,23 +57,30 @@ $$;
 
 -- Per template: what its pool holds. "Filled": the template serves a version and holds at least
 -- min_ready ready clones of it. The refill plan, the heartbeat, health() and test_db_status() use it.
+-- PL/pgSQL, like every function the sidecar calls per plan or per clone: it keeps its statements'
+-- plans for the session, where a SQL function with a SET clause is planned again on every call
+-- (that planning was most of the sidecar's own server time under load).
 CREATE OR REPLACE FUNCTION pgtestpool.pool_state()
 RETURNS TABLE (template text, database text, min_ready integer, ready bigint, creating bigint, claimed bigint,
                dropping bigint, in_use bigint, last_claimed_at timestamptz, filled boolean)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
+BEGIN
+  RETURN QUERY
   SELECT t.name, t.database, t.min_ready,
          count(d.id) FILTER (WHERE d.state = 'ready' AND d.source = t.database),
          count(d.id) FILTER (WHERE d.state = 'creating'),
          count(d.id) FILTER (WHERE d.state = 'claimed'),
          count(d.id) FILTER (WHERE d.state = 'dropping' OR (d.state = 'ready' AND d.source IS DISTINCT FROM t.database)),
-         pgtestpool.in_use(),
+         (SELECT count(*) FROM pgtestpool.databases),  -- pgtestpool.in_use()
          greatest(max(d.claimed_at), t.last_claimed_at),
          t.database IS NOT NULL AND count(d.id) FILTER (WHERE d.state = 'ready' AND d.source = t.database) >= t.min_ready
     FROM pgtestpool.templates t
     LEFT JOIN pgtestpool.databases d ON d.template = t.name
-   GROUP BY t.name
+   GROUP BY t.name;
+END
 $$;
 
 -- One line describing a template's pool, for error messages.
@@ -111,6 +119,123 @@ AS $$
   SELECT pg_advisory_unlock(761100468, queue) WHERE pgtestpool.in_claim_queue(queue)
 $$;
 
+-- claim_test_db's slow path: nothing was ready. Waits in line for a clone of `template` and
+-- claims it (the same UPDATE as the fast path), or raises why it cannot.
+CREATE OR REPLACE FUNCTION pgtestpool.claim_wait(template text, OUT claimed text, OUT owner text)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $fn$
+DECLARE
+  tpl      pgtestpool.templates%ROWTYPE;
+  deadline timestamptz;
+  waiting_for bigint;
+  waited   timestamptz;
+  caller_lock_timeout text;
+  nap      float8 := 0.002;
+  queue    integer := hashtext(template) & 2147483647;
+  queued   boolean := false;
+BEGIN
+  -- Nothing ready: claims wait in line, first come first served. The line is a session-level
+  -- advisory lock per template (PostgreSQL grants a lock's waiters in arrival order); only the
+  -- claim at its head waits for a clone, and lets go once it has one. Session-level, because a
+  -- claim inside a long transaction must not hold the line until it commits; so every way out of
+  -- this block lets go of it (an error, a timeout, a cancel), and a session that dies does too.
+  BEGIN
+    LOOP
+      -- Nothing ready: say why at once when waiting cannot help, else wait for the refill.
+      SELECT * INTO tpl FROM pgtestpool.templates t WHERE t.name = claim_wait.template;
+      IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgtestpool: unknown template %', coalesce(quote_literal(claim_wait.template), 'NULL')
+          USING ERRCODE = 'undefined_object',
+                HINT = 'known templates: ' || coalesce((SELECT string_agg(quote_literal(t.name), ', ' ORDER BY t.name) FROM pgtestpool.templates t),
+                                                       'none yet (is the pgtestpool sidecar running?)');
+      END IF;
+      IF tpl.database IS NULL AND tpl.state = 'failed' THEN
+        RAISE EXCEPTION 'pgtestpool: template % failed to build', quote_literal(tpl.name)
+          USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = tpl.error,
+                HINT = coalesce(tpl.hint, 'fix the template''s files; the sidecar log and test_db_status() show the error');
+      END IF;
+      -- Under REPEATABLE READ or SERIALIZABLE the snapshot never shows new clones: waiting is futile.
+      IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'pgtestpool: no ready database for template % and this transaction cannot see new ones', quote_literal(tpl.name)
+          USING ERRCODE = 'lock_not_available', DETAIL = 'transaction isolation is ' || current_setting('transaction_isolation'),
+                HINT = 'call claim_test_db() outside any transaction (autocommit)';
+      END IF;
+      IF deadline IS NULL THEN
+        deadline := clock_timestamp() + (SELECT value::interval FROM pgtestpool.settings WHERE key = 'claim_timeout');
+      END IF;
+      IF clock_timestamp() >= deadline THEN
+        RAISE EXCEPTION USING
+                MESSAGE = format('pgtestpool: no ready database for template %s within %s%s', quote_literal(tpl.name),
+                                 (SELECT value FROM pgtestpool.settings WHERE key = 'claim_timeout'),
+                                 ': creating clones fails: ' || tpl.clone_error),
+                ERRCODE = 'lock_not_available', DETAIL = 'pool: ' || pgtestpool.pool_summary(tpl.name),
+                HINT = CASE WHEN tpl.clone_error IS NOT NULL
+                            THEN 'the server cannot create clones (see the error); free space or memory, or lower min_ready and pool.max_databases'
+                            ELSE 'release databases with release_test_db(name) or close the claiming sessions, raise min_ready or pool.max_databases, or check the sidecar log' END;
+      END IF;
+      IF NOT queued THEN
+        caller_lock_timeout := current_setting('lock_timeout');
+        BEGIN
+          PERFORM set_config('lock_timeout', greatest(1, ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000))::bigint || 'ms', true);
+          PERFORM pg_advisory_lock(761100468, queue);
+          queued := true;  -- at the head of the line: claim at once (one may have come meanwhile)
+        EXCEPTION WHEN lock_not_available THEN NULL;  -- the deadline passed in line: said above, next round
+        END;
+        PERFORM set_config('lock_timeout', caller_lock_timeout, true);
+      ELSE
+        -- A clone is being made: the sidecar holds its row lock until the clone is ready, so wait on
+        -- that lock and wake the moment it commits. The lock is taken in a subtransaction that is then
+        -- rolled back, which lets it go at once: holding it would stall the sidecar.
+        SELECT c.id INTO waiting_for FROM pgtestpool.databases c
+         WHERE c.template = tpl.name AND c.state = 'creating' AND c.source = tpl.database
+         ORDER BY c.id LIMIT 1;
+        IF FOUND THEN
+          waited := clock_timestamp();
+          caller_lock_timeout := current_setting('lock_timeout');
+          BEGIN
+            PERFORM set_config('lock_timeout', greatest(1, ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000))::bigint || 'ms', true);
+            PERFORM 1 FROM pgtestpool.databases c WHERE c.id = waiting_for FOR UPDATE;
+            RAISE EXCEPTION USING ERRCODE = 'PT001';  -- not an error: releases the lock
+          EXCEPTION WHEN lock_not_available OR SQLSTATE 'PT001' THEN NULL;
+          END;
+          PERFORM set_config('lock_timeout', caller_lock_timeout, true);
+        END IF;
+        -- Waited: a clone was just made, claim again at once. Else (nothing in the making, or its
+        -- lock not held yet: the sidecar is about to) nap; the sidecar refills on the claims'
+        -- NOTIFY, and polls.
+        IF waiting_for IS NULL OR clock_timestamp() - waited <= interval '200 microseconds' THEN
+          PERFORM pg_sleep(nap);
+          nap := least(nap * 2, 0.02);
+        END IF;
+      END IF;
+      -- The same statement as the fast path (each keeps its own cached plan).
+      UPDATE pgtestpool.databases d
+         SET state = 'claimed',
+             claimed_at = clock_timestamp(),
+             claimed_pid = pg_backend_pid(),
+             claimed_role = session_user,
+             claimed_application = current_setting('application_name'),
+             claimed_addr = inet_client_addr()
+       WHERE d.id = (SELECT c.id FROM pgtestpool.databases c
+                      WHERE c.template = claim_wait.template AND c.state = 'ready'
+                      ORDER BY c.id LIMIT 1
+                        FOR UPDATE SKIP LOCKED)
+      RETURNING d.name, d.owner INTO claimed, owner;
+      EXIT WHEN claimed IS NOT NULL;
+    END LOOP;
+  EXCEPTION WHEN OTHERS OR query_canceled THEN
+    -- (By pg_locks, not `queued`: a cancel may land between the lock and the assignment.)
+    PERFORM pgtestpool.leave_claim_queue(queue);
+    RAISE;
+  END;
+  IF queued THEN
+    PERFORM pg_advisory_unlock(761100468, queue);
+  END IF;
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION public.claim_test_db(template text DEFAULT 'default') RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -119,16 +244,8 @@ SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 AS $fn$
 DECLARE
-  tpl      pgtestpool.templates%ROWTYPE;
   claimed  text;
   owner    text;
-  deadline timestamptz;
-  waiting_for bigint;
-  waited   timestamptz;
-  caller_lock_timeout text;
-  nap      float8 := 0.002;
-  queue    integer := hashtext(template) & 2147483647;
-  queued   boolean := false;
 BEGIN
   -- The fast path is this one statement; the template is only looked at when it finds nothing.
   -- SKIP LOCKED: concurrent claimers each take a different row instead of queueing on one.
@@ -150,103 +267,9 @@ BEGIN
   RETURNING d.name, d.owner INTO claimed, owner;
 
   IF claimed IS NULL THEN
-    -- Nothing ready: claims wait in line, first come first served. The line is a session-level
-    -- advisory lock per template (PostgreSQL grants a lock's waiters in arrival order); only the
-    -- claim at its head waits for a clone, and lets go once it has one. Session-level, because a
-    -- claim inside a long transaction must not hold the line until it commits; so every way out of
-    -- this block lets go of it (an error, a timeout, a cancel), and a session that dies does too.
-    BEGIN
-      LOOP
-        -- Nothing ready: say why at once when waiting cannot help, else wait for the refill.
-        SELECT * INTO tpl FROM pgtestpool.templates t WHERE t.name = claim_test_db.template;
-        IF NOT FOUND THEN
-          RAISE EXCEPTION 'pgtestpool: unknown template %', coalesce(quote_literal(claim_test_db.template), 'NULL')
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'known templates: ' || coalesce((SELECT string_agg(quote_literal(t.name), ', ' ORDER BY t.name) FROM pgtestpool.templates t),
-                                                         'none yet (is the pgtestpool sidecar running?)');
-        END IF;
-        IF tpl.database IS NULL AND tpl.state = 'failed' THEN
-          RAISE EXCEPTION 'pgtestpool: template % failed to build', quote_literal(tpl.name)
-            USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = tpl.error,
-                  HINT = coalesce(tpl.hint, 'fix the template''s files; the sidecar log and test_db_status() show the error');
-        END IF;
-        -- Under REPEATABLE READ or SERIALIZABLE the snapshot never shows new clones: waiting is futile.
-        IF current_setting('transaction_isolation') <> 'read committed' THEN
-          RAISE EXCEPTION 'pgtestpool: no ready database for template % and this transaction cannot see new ones', quote_literal(tpl.name)
-            USING ERRCODE = 'lock_not_available', DETAIL = 'transaction isolation is ' || current_setting('transaction_isolation'),
-                  HINT = 'call claim_test_db() outside any transaction (autocommit)';
-        END IF;
-        IF deadline IS NULL THEN
-          deadline := clock_timestamp() + (SELECT value::interval FROM pgtestpool.settings WHERE key = 'claim_timeout');
-        END IF;
-        IF clock_timestamp() >= deadline THEN
-          RAISE EXCEPTION USING
-                  MESSAGE = format('pgtestpool: no ready database for template %s within %s%s', quote_literal(tpl.name),
-                                   (SELECT value FROM pgtestpool.settings WHERE key = 'claim_timeout'),
-                                   ': creating clones fails: ' || tpl.clone_error),
-                  ERRCODE = 'lock_not_available', DETAIL = 'pool: ' || pgtestpool.pool_summary(tpl.name),
-                  HINT = CASE WHEN tpl.clone_error IS NOT NULL
-                              THEN 'the server cannot create clones (see the error); free space or memory, or lower min_ready and pool.max_databases'
-                              ELSE 'release databases with release_test_db(name) or close the claiming sessions, raise min_ready or pool.max_databases, or check the sidecar log' END;
-        END IF;
-        IF NOT queued THEN
-          caller_lock_timeout := current_setting('lock_timeout');
-          BEGIN
-            PERFORM set_config('lock_timeout', greatest(1, ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000))::bigint || 'ms', true);
-            PERFORM pg_advisory_lock(761100468, queue);
-            queued := true;  -- at the head of the line: claim at once (one may have come meanwhile)
-          EXCEPTION WHEN lock_not_available THEN NULL;  -- the deadline passed in line: said above, next round
-          END;
-          PERFORM set_config('lock_timeout', caller_lock_timeout, true);
-        ELSE
-          -- A clone is being made: the sidecar holds its row lock until the clone is ready, so wait on
-          -- that lock and wake the moment it commits. The lock is taken in a subtransaction that is then
-          -- rolled back, which lets it go at once: holding it would stall the sidecar.
-          SELECT c.id INTO waiting_for FROM pgtestpool.databases c
-           WHERE c.template = tpl.name AND c.state = 'creating' AND c.source = tpl.database
-           ORDER BY c.id LIMIT 1;
-          IF FOUND THEN
-            waited := clock_timestamp();
-            caller_lock_timeout := current_setting('lock_timeout');
-            BEGIN
-              PERFORM set_config('lock_timeout', greatest(1, ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000))::bigint || 'ms', true);
-              PERFORM 1 FROM pgtestpool.databases c WHERE c.id = waiting_for FOR UPDATE;
-              RAISE EXCEPTION USING ERRCODE = 'PT001';  -- not an error: releases the lock
-            EXCEPTION WHEN lock_not_available OR SQLSTATE 'PT001' THEN NULL;
-            END;
-            PERFORM set_config('lock_timeout', caller_lock_timeout, true);
-          END IF;
-          -- Waited: a clone was just made, claim again at once. Else (nothing in the making, or its
-          -- lock not held yet: the sidecar is about to) nap; the sidecar refills on the claims'
-          -- NOTIFY, and polls.
-          IF waiting_for IS NULL OR clock_timestamp() - waited <= interval '200 microseconds' THEN
-            PERFORM pg_sleep(nap);
-            nap := least(nap * 2, 0.02);
-          END IF;
-        END IF;
-        -- The same statement as the fast path (each keeps its own cached plan).
-        UPDATE pgtestpool.databases d
-           SET state = 'claimed',
-               claimed_at = clock_timestamp(),
-               claimed_pid = pg_backend_pid(),
-               claimed_role = session_user,
-               claimed_application = current_setting('application_name'),
-               claimed_addr = inet_client_addr()
-         WHERE d.id = (SELECT c.id FROM pgtestpool.databases c
-                        WHERE c.template = claim_test_db.template AND c.state = 'ready'
-                        ORDER BY c.id LIMIT 1
-                          FOR UPDATE SKIP LOCKED)
-        RETURNING d.name, d.owner INTO claimed, owner;
-        EXIT WHEN claimed IS NOT NULL;
-      END LOOP;
-    EXCEPTION WHEN OTHERS OR query_canceled THEN
-      -- (By pg_locks, not `queued`: a cancel may land between the lock and the assignment.)
-      PERFORM pgtestpool.leave_claim_queue(queue);
-      RAISE;
-    END;
-    IF queued THEN
-      PERFORM pg_advisory_unlock(761100468, queue);
-    END IF;
+    -- Nothing ready: wait in line (a function of its own, so a session's first claim compiles
+    -- only this fast path).
+    SELECT w.claimed, w.owner INTO claimed, owner FROM pgtestpool.claim_wait(claim_test_db.template) w;
   END IF;
 
   -- Clones are created without PUBLIC connect rights: only the claimer (and superusers) get in.
@@ -365,24 +388,31 @@ GRANT SELECT ON public.test_dbs TO PUBLIC;
 -- -> creating. The row goes in first and commits, so a sidecar that dies mid-CREATE leaves a
 -- 'creating' row that the next start drops: nothing leaks.
 CREATE OR REPLACE FUNCTION pgtestpool.new_clone(tpl text) RETURNS TABLE (name text, source text)
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
+BEGIN
+  RETURN QUERY
   INSERT INTO pgtestpool.databases (id, name, template, source, owner, state)
   SELECT n.id, format('pgtp_%s_%s_%s', pgtestpool.slug(t.name), s.value, n.id), t.name, t.database, t.owner, 'creating'
     FROM pgtestpool.templates t,
          (SELECT nextval('pgtestpool.clone_seq') AS id) n,
          pgtestpool.settings s
    WHERE t.name = tpl AND t.database IS NOT NULL AND s.key = 'instance'
-  RETURNING databases.name, databases.source
+  RETURNING databases.name, databases.source;
+END
 $$;
 
 -- creating -> ready. False: the row was retired meanwhile, or its template was rebuilt (then
 -- retire_stale() takes it). A success clears the template's last clone error.
 CREATE OR REPLACE FUNCTION pgtestpool.clone_ready(clone text) RETURNS boolean
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+  became_ready boolean;
+BEGIN
   WITH ready AS (
     UPDATE pgtestpool.databases d
        SET state = 'ready', ready_at = clock_timestamp(),
@@ -395,7 +425,9 @@ AS $$
     UPDATE pgtestpool.templates t SET clone_error = NULL, clone_error_at = NULL
       FROM ready WHERE t.name = ready.template AND t.clone_error IS NOT NULL
   )
-  SELECT EXISTS (SELECT 1 FROM ready)
+  SELECT EXISTS (SELECT 1 FROM ready) INTO became_ready;
+  RETURN became_ready;
+END
 $$;
 
 -- creating -> dropping: CREATE DATABASE failed. Whatever exists of it is dropped like any other
@@ -617,34 +649,39 @@ $$;
 -- have renamed it), its connections, and whether a released clone is still in its grace period.
 CREATE OR REPLACE FUNCTION pgtestpool.drops_due(in_flight text[], grace interval, max_rows integer)
 RETURNS TABLE (name text, current_name text, reason text, connections bigint, in_grace boolean)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  -- The server's sessions are read once per call, not once per row (the pg_stat_activity view
-  -- per row made this the sidecar's costliest statement under load).
-  WITH sessions AS (
-    SELECT a.datid, count(*) AS n FROM pg_stat_get_activity(NULL) a WHERE a.datid IS NOT NULL GROUP BY a.datid
-  ), due AS (
-    SELECT d.id, d.name, d.drop_reason, d.dropping_since,
-           coalesce(d.db_oid, (SELECT db.oid FROM pg_database db WHERE db.datname = d.name)) AS oid
-      FROM pgtestpool.databases d
-     WHERE d.state = 'dropping' AND NOT (d.name = ANY(in_flight))
-     ORDER BY d.id
-     LIMIT max_rows
-  )
+#variable_conflict use_column
+BEGIN
+  -- Connections are counted only for a clone still within its grace (NULL: not counted; past
+  -- its grace the drop forces them anyway), and by a count per database: a row per session of
+  -- the server (pg_stat_activity) was this function's main cost under load.
+  RETURN QUERY
   SELECT due.name, coalesce((SELECT db.datname::text FROM pg_database db WHERE db.oid = due.oid), due.name), due.drop_reason,
-         coalesce(s.n, 0), coalesce(s.n, 0) > 0 AND coalesce(due.dropping_since, '-infinity') > clock_timestamp() - grace
-    FROM due LEFT JOIN sessions s ON s.datid = due.oid
-   ORDER BY due.id
+         due.n, coalesce(due.n, 0) > 0
+    FROM (SELECT d.id, d.name, d.drop_reason, o.oid,
+                 CASE WHEN coalesce(d.dropping_since, '-infinity') > clock_timestamp() - grace
+                      THEN pg_stat_get_db_numbackends(o.oid)::bigint END AS n
+            FROM pgtestpool.databases d
+            CROSS JOIN LATERAL (SELECT coalesce(d.db_oid, (SELECT db.oid FROM pg_database db WHERE db.datname = d.name)) AS oid) o
+           WHERE d.state = 'dropping' AND NOT (d.name = ANY(in_flight))
+           ORDER BY d.id
+           LIMIT max_rows) due
+   ORDER BY due.id;
+END
 $$;
 
 -- dropping -> tombstone: the drop finished. Returns who had claimed it, for the log; no row when
 -- the database still exists (renamed meanwhile: the next plan drops it under its new name).
 CREATE OR REPLACE FUNCTION pgtestpool.mark_dropped(db_name text)
 RETURNS TABLE (claimed_pid integer, claimed_role text, claimed_application text)
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
+BEGIN
+  RETURN QUERY
   WITH gone AS (
     DELETE FROM pgtestpool.databases d
      WHERE d.name = db_name AND d.state = 'dropping'
@@ -659,7 +696,8 @@ AS $$
       FROM gone
      WHERE t.name = gone.template AND gone.claimed_at > coalesce(t.last_claimed_at, '-infinity')
   )
-  SELECT gone.claimed_pid, gone.claimed_role, gone.claimed_application FROM gone
+  SELECT gone.claimed_pid, gone.claimed_role, gone.claimed_application FROM gone;
+END
 $$;
 
 -- ---------------------------------------------------------------------------------------------
