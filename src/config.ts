@@ -16,6 +16,12 @@ export interface TemplateConfig {
   /** Patterns as written in config.yaml (resolved again when `watch` looks for changes). */
   schema: string[];
   migrations: MigrationSpec[];
+  /** A shell command run against the template being built (the user's own migration tool), or null. */
+  command: string | null;
+  /** Globs of what the command reads: with the command, their contents key the content hash. */
+  inputs: string[];
+  /** A command still running after this long fails the build. */
+  commandTimeoutMs: number;
   seed: string[];
   /** What they resolved to at start, in the order they are applied. */
   steps: BuildStep[];
@@ -137,7 +143,7 @@ function describe(v: unknown): string {
   return `${typeof v} ${String(v)}`;
 }
 
-const TEMPLATE_KEYS = ['extensions', 'schema', 'migrations', 'seed', 'settings', 'grants', 'owner', 'min_ready', 'watch'];
+const TEMPLATE_KEYS = ['extensions', 'schema', 'migrations', 'command', 'inputs', 'command_timeout', 'seed', 'settings', 'grants', 'owner', 'min_ready', 'watch'];
 const DATABASE_PRIVILEGES = ['CONNECT', 'TEMPORARY', 'TEMP', 'CREATE', 'ALL'];
 
 function stringList(c: Checker, raw: Obj, key: string, fullKey: string, what: string): string[] {
@@ -171,6 +177,28 @@ function checkMigrations(c: Checker, raw: unknown, key: string): MigrationSpec[]
   return out;
 }
 
+/** `command:` with its `inputs:` (required: without them a changed migration would never rebuild the template) and `command_timeout:`. */
+function checkCommand(c: Checker, raw: Obj, key: string, dir: string): { command: string | null; inputs: string[]; commandTimeoutMs: number } {
+  let command: string | null = null;
+  if (raw.command !== undefined && raw.command !== null) {
+    if (typeof raw.command !== 'string' || !raw.command.trim()) {
+      c.problem(`${key}.command`, `expected a shell command run in ${dir} against the template being built (e.g. "npx knex migrate:latest"), got ${describe(raw.command)}`);
+    } else command = raw.command;
+  }
+  const inputs = stringList(c, raw, 'inputs', `${key}.inputs`, `a list of files or globs relative to ${dir} that the command reads (e.g. [migrations/**])`);
+  if (command !== null && inputs.length === 0 && raw.inputs === undefined) {
+    c.problem(`${key}.inputs`, 'expected the files or globs the command reads (e.g. [migrations/**, knexfile.js]): their contents decide when the template is rebuilt, and without them a changed migration would never be applied');
+  }
+  if (command === null && raw.inputs !== undefined && raw.inputs !== null && raw.command === undefined) {
+    c.problem(`${key}.inputs`, 'expected only with command: (the files the command reads); schema, migrations and seed files are inputs already');
+  }
+  const commandTimeoutMs = c.duration(raw, 'command_timeout', `${key}.command_timeout`, 10 * 60_000, 1000);
+  if (command === null && raw.command_timeout !== undefined && raw.command === undefined) {
+    c.problem(`${key}.command_timeout`, 'expected only with command:');
+  }
+  return { command, inputs, commandTimeoutMs };
+}
+
 function checkTemplate(c: Checker, name: string, raw: unknown, dir: string, watchDefault: boolean): TemplateConfig | null {
   const key = `templates.${name}`;
   if (Buffer.byteLength(name) > 40 || name.length === 0) {
@@ -189,7 +217,8 @@ function checkTemplate(c: Checker, name: string, raw: unknown, dir: string, watc
   const schema = stringList(c, raw, 'schema', `${key}.schema`, `a list of SQL files or globs relative to ${dir} (e.g. [schema/*.sql])`);
   const seed = stringList(c, raw, 'seed', `${key}.seed`, `a list of SQL files or globs relative to ${dir} (e.g. [seed/*.sql])`);
   const migrations = checkMigrations(c, raw.migrations, `${key}.migrations`);
-  const { steps, problems } = resolveSources({ schema, migrations, seed }, dir);
+  const { command, inputs, commandTimeoutMs } = checkCommand(c, raw, key, dir);
+  const { steps, problems } = resolveSources({ schema, migrations, command, inputs, seed }, dir);
   for (const p of problems) c.problem(`${key}.${p.key}`, p.message);
 
   const settings: Record<string, string> = {};
@@ -225,7 +254,7 @@ function checkTemplate(c: Checker, name: string, raw: unknown, dir: string, watc
     if (typeof raw.watch !== 'boolean') c.problem(`${key}.watch`, `expected true or false, got ${describe(raw.watch)}`);
     else watch = raw.watch;
   }
-  return { name, extensions, schema, migrations, seed, steps, settings, grants, owner, minReady, watch };
+  return { name, extensions, schema, migrations, command, inputs, commandTimeoutMs, seed, steps, settings, grants, owner, minReady, watch };
 }
 
 /** Parses and validates config text; `file` is where it came from (relative paths resolve against its folder). */

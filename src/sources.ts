@@ -1,5 +1,5 @@
-// What a template is built from, resolved to an ordered list of SQL steps: schema files and
-// globs, then migration folders, then seed files. Resolved at start (config validation reports
+// What a template is built from, resolved to an ordered list of steps: schema files and globs,
+// then migration folders, then the user's own command (its `inputs` key the hash), then seed files. Resolved at start (config validation reports
 // what is missing) and again whenever `watch` looks for changes.
 import { readFileSync, realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -14,12 +14,16 @@ export interface MigrationSpec {
 export interface TemplateSources {
   schema: string[];
   migrations: MigrationSpec[];
+  /** A shell command that builds (part of) the template with the user's own tool, or null. */
+  command: string | null;
+  /** Globs of the files the command reads: their names and contents key the hash and drive `watch`. */
+  inputs: string[];
   seed: string[];
 }
 
 export interface BuildStep {
-  kind: 'schema' | 'migration' | 'seed';
-  /** Absolute path of the file. */
+  kind: 'schema' | 'migration' | 'command' | 'seed';
+  /** Absolute path of the file (a command step: the folder it runs in). */
   file: string;
   /** The path relative to config.yaml, for messages. */
   display: string;
@@ -27,6 +31,9 @@ export interface BuildStep {
   sql?: string;
   /** Wrap in BEGIN/COMMIT, as the migration tool would. */
   transaction: boolean;
+  /** A command step: the command, and the input files (absolute, in order) it was resolved with. */
+  command?: string;
+  inputs?: string[];
 }
 
 export interface SourceProblem {
@@ -91,8 +98,8 @@ export function glob(pattern: string, base: string): string[] {
   return [...byReal.values()].sort(byPath);
 }
 
-function files(patterns: string[], kind: 'schema' | 'seed', dir: string, problems: SourceProblem[]): BuildStep[] {
-  const out: BuildStep[] = [];
+function files(patterns: string[], kind: 'schema' | 'seed' | 'inputs', dir: string, problems: SourceProblem[]): { file: string; display: string }[] {
+  const out: { file: string; display: string }[] = [];
   const seen = new Set<string>(); // real paths: a file listed twice, or by two names, runs once
   patterns.forEach((pattern, i) => {
     const found = glob(pattern, dir);
@@ -109,7 +116,7 @@ function files(patterns: string[], kind: 'schema' | 'seed', dir: string, problem
       // Listed again (a file, then a glob that includes it): it runs once, at its first place.
       if (seen.has(realPath(f))) continue;
       seen.add(realPath(f));
-      out.push({ kind, file: f, display: path.relative(dir, f) || f, transaction: false });
+      out.push({ file: f, display: path.relative(dir, f) || f });
     }
   });
   return out;
@@ -118,7 +125,9 @@ function files(patterns: string[], kind: 'schema' | 'seed', dir: string, problem
 /** The steps in the order they are applied, and every problem found on the way. */
 export function resolveSources(src: TemplateSources, dir: string): { steps: BuildStep[]; problems: SourceProblem[] } {
   const problems: SourceProblem[] = [];
-  const steps = files(src.schema, 'schema', dir, problems);
+  const sqlFiles = (kind: 'schema' | 'seed', patterns: string[]): BuildStep[] =>
+    files(patterns, kind, dir, problems).map((f) => ({ kind, ...f, transaction: false }));
+  const steps = sqlFiles('schema', src.schema);
   src.migrations.forEach((m, i) => {
     const folder = path.resolve(dir, m.dir);
     try {
@@ -130,13 +139,36 @@ export function resolveSources(src: TemplateSources, dir: string): { steps: Buil
       problems.push({ key: `migrations[${i}]`, message: err.message + outsideHint(folder, dir) });
     }
   });
-  steps.push(...files(src.seed, 'seed', dir, problems));
+  if (src.command !== null) {
+    const inputs = files(src.inputs, 'inputs', dir, problems).map((f) => f.file);
+    steps.push({ kind: 'command', file: dir, display: 'command', command: src.command, inputs, transaction: false });
+  }
+  steps.push(...sqlFiles('seed', src.seed));
   return { steps, problems };
 }
 
-/** The SQL a step runs. */
+/** The SQL a step runs (a command step runs no SQL of its own). */
 export function stepSql(step: BuildStep): string {
+  if (step.kind === 'command') return '';
   return step.sql ?? readFileSync(step.file, 'utf8');
+}
+
+/**
+ * What of a step goes into the template's content hash: its SQL, or for a command the command
+ * and every input file's name and contents (a file that cannot be read counts as changed).
+ */
+export function stepHashParts(step: BuildStep): (string | Buffer)[] {
+  if (step.kind !== 'command') return [stepSql(step)];
+  const parts: (string | Buffer)[] = [`command ${step.command}\0`];
+  for (const f of step.inputs ?? []) {
+    parts.push(`\0${path.relative(step.file, f)}\0`);
+    try {
+      parts.push(readFileSync(f));
+    } catch (err) {
+      parts.push(`unreadable: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
+  }
+  return parts;
 }
 
 /**
@@ -151,6 +183,10 @@ export function inputSignature(src: TemplateSources, dir: string): string {
   };
   const lines: string[] = [];
   for (const pattern of [...src.schema, ...src.seed]) lines.push(`glob ${pattern}`, ...glob(pattern, dir).map(statOf));
+  if (src.command !== null) {
+    lines.push(`command ${src.command}`);
+    for (const pattern of src.inputs) lines.push(`input ${pattern}`, ...glob(pattern, dir).map(statOf));
+  }
   for (const m of src.migrations) {
     const folder = path.resolve(dir, m.dir);
     lines.push(`migrations ${m.format} ${folder}`);

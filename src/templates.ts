@@ -10,7 +10,8 @@ import type { Config, TemplateConfig } from './config.ts';
 import { connect, dropDatabase, forDatabase, ident, isConnectionError, type ConnConfig } from './db.ts';
 import { defaultOrigin, dumpVersionHint, extensionHint, featureHint, resourceShortage, type ServerOrigin } from './buildhints.ts';
 import { errorMessage, log } from './log.ts';
-import { inputSignature, resolveSources, stepSql, type BuildStep } from './sources.ts';
+import { CommandError, commandEnv, runCommand, type RunningCommand } from './command.ts';
+import { inputSignature, resolveSources, stepHashParts, stepSql, type BuildStep } from './sources.ts';
 import { runSqlText, SqlScriptError } from './sqlscript.ts';
 import type { TemplateState } from './states.ts';
 
@@ -27,7 +28,7 @@ export function templateHash(t: TemplateConfig, steps: BuildStep[], serverMajor:
   h.update(JSON.stringify({ format: BUILD_FORMAT, name: t.name, serverMajor, extensions: t.extensions, owner: t.owner, settings: t.settings, grants: t.grants }));
   for (const s of steps) {
     h.update(`\0${s.kind}\0${s.display}\0${s.transaction}\0`);
-    h.update(stepSql(s));
+    for (const part of stepHashParts(s)) h.update(part);
   }
   return h.digest('hex');
 }
@@ -100,6 +101,8 @@ export class Templates {
   private stopping = false;
   /** The backends running builds' SQL, so stop() can end them at once. */
   private readonly buildPids = new Set<number>();
+  /** Build commands running, so stop() can end them (and what they started) at once. */
+  private readonly commands = new Set<RunningCommand>();
   private readonly origin: ServerOrigin;
 
   constructor(
@@ -178,7 +181,9 @@ export class Templates {
     const { template: t, dbName } = v;
     const started = performance.now();
     const progress: { step?: BuildStep } = {};
-    log.info(`template ${JSON.stringify(t.name)}: building ${dbName} from ${v.steps.length} file(s)` +
+    const sqlSteps = v.steps.filter((s) => s.kind !== 'command').length;
+    log.info(`template ${JSON.stringify(t.name)}: building ${dbName} from ${sqlSteps} file(s)` +
+      (t.command !== null ? ` and the command ${JSON.stringify(t.command)}` : '') +
       (t.extensions.length ? ` and extensions ${t.extensions.join(', ')}` : ''));
     try {
       await this.createAndFill(v, progress);
@@ -215,6 +220,10 @@ export class Templates {
   /** The error without its HINT line, and the hint: ours when we know better, else PostgreSQL's. */
   private describeFailure(err: unknown, v: PendingBuild, step: BuildStep | undefined): BuildFailure {
     let error = errorMessage(err);
+    if (err instanceof CommandError) {
+      this.retries.delete(v.template.name); // the tool failed: it waits for an edit, like a SQL error
+      return { error, hint: 'fix the command or the files it reads (its whole output is in the sidecar log); the template is rebuilt when they change' };
+    }
     const pgHint = err instanceof SqlScriptError ? err.hint : undefined;
     if (pgHint) error = error.replace(`\nHINT:  ${pgHint}`, '');
     const shortage = resourceShortage(err);
@@ -223,7 +232,7 @@ export class Templates {
     const pgMessage = err instanceof SqlScriptError ? err.pgMessage ?? '' : error;
     const statement = err instanceof SqlScriptError ? err.statement ?? '' : '';
     const hint = extensionHint(error, this.serverMajor, this.origin) ??
-      (step ? dumpVersionHint(stepSql(step), this.serverMajor) : null) ??
+      (step && step.kind !== 'command' ? dumpVersionHint(stepSql(step), this.serverMajor) : null) ??
       featureHint(pgMessage, statement, this.serverMajor) ??
       pgHint ?? null;
     return { error, hint };
@@ -308,6 +317,10 @@ export class Templates {
       for (const step of steps) {
         this.checkStopping();
         progress.step = step;
+        if (step.kind === 'command') {
+          await this.runBuildCommand(t, step, dbName);
+          continue;
+        }
         if (step.transaction) await client.query('BEGIN');
         await runSqlText(client, stepSql(step), step.display);
         if (step.transaction) await client.query('COMMIT');
@@ -343,6 +356,29 @@ export class Templates {
     // Cloning fails while anyone is connected to the source, so nobody may connect to it.
     await this.db.query(`ALTER DATABASE ${ident(dbName)} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false`);
     await this.db.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1`, [dbName]);
+  }
+
+  /** Runs the template's command against `dbName` (in the config's folder) and waits for it to succeed. */
+  private async runBuildCommand(t: TemplateConfig, step: BuildStep, dbName: string): Promise<void> {
+    const env = commandEnv(this.conn, dbName);
+    const running = runCommand({
+      command: step.command!,
+      cwd: step.file,
+      env,
+      timeoutMs: t.commandTimeoutMs,
+      label: `template ${JSON.stringify(t.name)}: command`,
+      // (Not the image's and npm start's well-known default 'postgres': hiding that word would
+      // garble every line that says postgresql.)
+      secrets: env.PGPASSWORD && env.PGPASSWORD !== 'postgres' ? [env.PGPASSWORD, encodeURIComponent(env.PGPASSWORD)] : [],
+    });
+    this.commands.add(running);
+    try {
+      if (this.stopping) running.kill('pgtestpool is stopping');
+      await running.done;
+    } finally {
+      this.commands.delete(running);
+    }
+    this.checkStopping();
   }
 
   /**
@@ -434,6 +470,7 @@ export class Templates {
    */
   async stop(): Promise<void> {
     this.stopping = true;
+    for (const c of this.commands) c.kill('pgtestpool is stopping');
     for (const pid of this.buildPids) await this.db.query('SELECT pg_terminate_backend($1)', [pid]).catch(() => {});
     await Promise.all([this.building, ...this.running]);
   }

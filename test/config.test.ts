@@ -65,7 +65,7 @@ claim:
 unknown_section: {}
 `);
   const expect = [
-    /^templates\.default\.extra: unknown key \(expected one of: extensions, schema, migrations, seed, settings, grants, owner, min_ready, watch\)$/,
+    /^templates\.default\.extra: unknown key \(expected one of: extensions, schema, migrations, command, inputs, command_timeout, seed, settings, grants, owner, min_ready, watch\)$/,
     /^templates\.default\.min_ready: expected a whole number from 0 to 1000, got number -1$/,
     /^templates\.default\.schema\[0\]: "missing\/\*\.sql" matches no file/,
     /^templates\.default\.schema\[1\]: file "nofile\.sql" not found/,

@@ -238,7 +238,7 @@ describe(`templates (PostgreSQL ${newest.major})`, () => {
     const dir = path.dirname(inputs);
     symlinkSync(path.join(dir, 'schema'), path.join(dir, 'schema/sub/loop')); // schema/sub/loop/sub/loop/...
     try {
-      const { steps, problems } = resolveSources({ schema: ['schema/**/*.sql'], migrations: [], seed: [] }, dir);
+      const { steps, problems } = resolveSources({ schema: ['schema/**/*.sql'], migrations: [], command: null, inputs: [], seed: [] }, dir);
       assert.deepEqual(problems, []);
       assert.deepEqual(steps.map((s) => s.display), ['schema/0_table.sql', 'schema/a.sql', 'schema/sub/b.sql']);
       const sc = await startSidecar(server, yaml({ schema: [`${dir}/schema/**/*.sql`], min_ready: 1 }), {});
