@@ -4,8 +4,8 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, relative, resolve } from 'node:path';
 
-export type MigrationFormat = 'flyway' | 'golang-migrate' | 'dbmate' | 'prisma' | 'numbered';
-export const MIGRATION_FORMATS: readonly MigrationFormat[] = ['flyway', 'golang-migrate', 'dbmate', 'prisma', 'numbered'];
+export type MigrationFormat = 'flyway' | 'golang-migrate' | 'dbmate' | 'prisma' | 'goose' | 'drizzle' | 'sqitch' | 'liquibase' | 'numbered';
+export const MIGRATION_FORMATS: readonly MigrationFormat[] = ['flyway', 'golang-migrate', 'dbmate', 'prisma', 'goose', 'drizzle', 'sqitch', 'liquibase', 'numbered'];
 
 export interface MigrationStep {
   /** Absolute path of the file. */
@@ -33,6 +33,10 @@ const EXPECTED: Record<MigrationFormat, string> = {
   'golang-migrate': '<version>_<title>.up.sql (plus optional <version>_<title>.down.sql)',
   dbmate: '<version>_<name>.sql with a "-- migrate:up" line',
   prisma: '<timestamp>_<name>/migration.sql (one subfolder per migration)',
+  goose: '<version>_<name>.sql with a "-- +goose Up" line',
+  drizzle: 'meta/_journal.json and the <NNNN>_<name>.sql files it lists (drizzle-kit generate\'s output folder)',
+  sqitch: 'sqitch.plan and deploy/<change>.sql (the sqitch project folder)',
+  liquibase: '*.sql files starting with "--liquibase formatted sql" and holding "--changeset author:id" lines',
   numbered: '<number>_<name>.sql, e.g. 001_init.sql (separator _, -, . or space)',
 };
 
@@ -134,6 +138,120 @@ const READERS: Record<MigrationFormat, (root: string) => MigrationStep[]> = {
     return inVersionOrder(root, found).map(step);
   },
 
+  // goose: <version>_<name>.sql, the section after "-- +goose Up" (until "-- +goose Down"), in a
+  // transaction unless the file says "-- +goose NO TRANSACTION". Go migrations cannot run here.
+  goose(root) {
+    const found: Found[] = [];
+    const goFiles: string[] = [];
+    for (const { path: file, name: base } of list(root).filter((e) => e.isFile)) {
+      const m = /^(\d+)_(.*)\.(sql|go)$/.exec(base);
+      if (!m) continue;
+      if (m[3] === 'go') goFiles.push(file);
+      else found.push({ file, version: m[1]!, name: m[2]! });
+    }
+    if (goFiles.length) {
+      fail(root, `${preview(goFiles.map((f) => rel(root, f)))}: goose Go migrations are compiled into your program and cannot be run by pgtestpool: build the template with command: (e.g. "go run ./cmd/migrate up") instead`);
+    }
+    return inVersionOrder(root, found).map((f) => gooseUp(root, f));
+  },
+
+  // drizzle-kit applies what meta/_journal.json lists, in its order; statements are separated by
+  // "--> statement-breakpoint" comments, which are plain SQL comments here.
+  drizzle(root) {
+    const journalFile = resolve(root, 'meta', '_journal.json');
+    let journal: { entries?: { idx?: number; tag?: string }[] };
+    try {
+      journal = JSON.parse(readFileSync(journalFile, 'utf8'));
+    } catch (err) {
+      const missing = (err as NodeJS.ErrnoException).code === 'ENOENT';
+      if (missing && list(root).length === 0) return [];
+      fail(root, missing ? 'no meta/_journal.json: point dir at the folder drizzle-kit generate writes (its "out" setting)' : `meta/_journal.json cannot be read: ${errorText(err)}`);
+    }
+    const entries = Array.isArray(journal.entries) ? journal.entries : fail(root, 'meta/_journal.json has no "entries" list');
+    const listed = new Set<string>();
+    const steps = [...entries].sort((a, b) => (a.idx ?? 0) - (b.idx ?? 0)).map((e, i) => {
+      if (typeof e.tag !== 'string' || !e.tag) fail(root, `meta/_journal.json: entry ${i} has no "tag"`);
+      const file = resolve(root, `${e.tag}.sql`);
+      if (!statSync(file, { throwIfNoEntry: false })?.isFile()) fail(root, `meta/_journal.json lists ${e.tag}, but ${e.tag}.sql is missing: restore it or regenerate with drizzle-kit`);
+      listed.add(file);
+      // drizzle-kit's migrator runs pending migrations in one transaction; one per file is as safe.
+      return { file, version: String(e.idx ?? i), name: e.tag, sql: readSql(file), transaction: true };
+    });
+    const unlisted = list(root).filter((e) => e.isFile && e.name.endsWith('.sql') && !listed.has(e.path)).map((e) => e.name);
+    if (unlisted.length) fail(root, `${preview(unlisted)} ${unlisted.length === 1 ? 'is' : 'are'} not in meta/_journal.json, so drizzle-kit would not apply ${unlisted.length === 1 ? 'it' : 'them'}: regenerate the migrations or remove the file`);
+    return steps;
+  },
+
+  // sqitch: the changes of sqitch.plan in plan order, each deploy/<change>.sql. A change reworked
+  // after a tag deploys its earlier version from deploy/<change>@<tag>.sql, as sqitch does.
+  sqitch(root) {
+    const planFile = resolve(root, 'sqitch.plan');
+    let text: string;
+    try {
+      text = readFileSync(planFile, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && list(root).length === 0) return [];
+      return fail(root, (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no sqitch.plan: point dir at the sqitch project folder (the one holding sqitch.plan and deploy/)' : `sqitch.plan cannot be read: ${errorText(err)}`);
+    }
+    const changes: { name: string; line: number; tagAfter: string | null }[] = [];
+    text.split('\n').forEach((raw, i) => {
+      const line = raw.replace(/\r$/, '').trim();
+      if (!line || line.startsWith('#') || line.startsWith('%')) return;
+      if (line.startsWith('@')) {
+        const tag = line.slice(1).split(/\s/)[0]!;
+        for (const c of changes) if (c.tagAfter === null) c.tagAfter = tag;
+        return;
+      }
+      if (line.startsWith('-')) fail(root, `sqitch.plan:${i + 1}: "${line.split(/\s/)[0]}" reverts a change, which pgtestpool does not replay: remove the line (or build with command: sqitch deploy)`);
+      const name = line.replace(/^\+/, '').split(/\s/)[0]!;
+      changes.push({ name, line: i + 1, tagAfter: null });
+    });
+    const last = new Map(changes.map((c, i) => [c.name, i]));
+    return changes.map((c, i) => {
+      // An earlier version of a reworked change: the script sqitch copied to name@tag.
+      const script = last.get(c.name) !== i ? `${c.name}@${c.tagAfter}` : c.name;
+      const file = resolve(root, 'deploy', `${script}.sql`);
+      if (!statSync(file, { throwIfNoEntry: false })?.isFile()) fail(root, `sqitch.plan:${c.line}: change ${c.name} has no deploy script deploy/${script}.sql: add it (sqitch add creates it) or fix the plan`);
+      // Deploy scripts bring their own BEGIN/COMMIT (sqitch add writes them so).
+      return { file, version: String(i + 1), name: c.name, sql: readSql(file), transaction: false };
+    });
+  },
+
+  // Liquibase formatted SQL: every *.sql below the folder (in path order, as includeAll does) that
+  // starts with "--liquibase formatted sql"; each "--changeset author:id" runs up to the next one,
+  // in a transaction unless runInTransaction:false, skipped when its dbms: excludes postgresql.
+  liquibase(root) {
+    const files = filesUnder(root).filter((f) => f.endsWith('.sql')).sort();
+    const steps: MigrationStep[] = [];
+    const ids = new Map<string, string>();
+    for (const file of files) {
+      const lines = readSql(file).split('\n');
+      if (!/^--\s*liquibase formatted sql/i.test(lines.find((l) => l.trim() !== '')?.trim() ?? '')) continue;
+      const starts = lines.flatMap((l, i) => (/^--\s*changeset\s/i.test(l) ? [i] : []));
+      if (starts.length === 0) fail(root, `${rel(root, file)} is formatted SQL but has no "--changeset author:id" line: add one before its statements`);
+      starts.forEach((start, k) => {
+        const header = lines[start]!.replace(/^--\s*changeset\s+/i, '').trim();
+        const id = header.split(/\s+/)[0]!;
+        if (!/^[^:\s]+:\S+$/.test(id)) fail(root, `${rel(root, file)}:${start + 1}: expected "--changeset author:id", got "${lines[start]!.trim()}"`);
+        const seen = ids.get(id);
+        if (seen) fail(root, `changeset ${id} appears twice (${seen} and ${rel(root, file)}:${start + 1}): each changeset needs its own author:id`);
+        ids.set(id, `${rel(root, file)}:${start + 1}`);
+        const attrs = Object.fromEntries(header.split(/\s+/).slice(1).map((a) => [a.split(':')[0]!.toLowerCase(), a.slice(a.indexOf(':') + 1).toLowerCase()]));
+        if (attrs.dbms && !forPostgres(attrs.dbms)) return;
+        const end = starts[k + 1] ?? lines.length;
+        steps.push({
+          file,
+          version: String(steps.length + 1),
+          name: id,
+          // Rollback lines are comments already; other changesets' lines are blanked (line numbers stay true).
+          sql: lines.map((l, i) => (i > start && i < end ? l : '')).join('\n'),
+          transaction: attrs.runintransaction !== 'false',
+        });
+      });
+    }
+    return steps;
+  },
+
   // Any .sql file that doesn't start with a number is an error, so nothing is silently skipped.
   numbered(root) {
     const found: Found[] = [];
@@ -180,6 +298,32 @@ function dbmateSections(root: string, f: Found): MigrationStep[] {
     };
   });
 }
+
+// goose: the lines after "-- +goose Up" until "-- +goose Down"; every other line blanked.
+function gooseUp(root: string, f: Found): MigrationStep {
+  const lines = readSql(f.file).split('\n');
+  const up = lines.findIndex((l) => /^--\s*\+goose\s+up\b/i.test(l.trim()));
+  if (up < 0) fail(root, `${rel(root, f.file)} has no "-- +goose Up" line: goose needs one before the up statements`);
+  const down = lines.findIndex((l, i) => i > up && /^--\s*\+goose\s+down\b/i.test(l.trim()));
+  const end = down < 0 ? lines.length : down;
+  return {
+    file: f.file,
+    version: f.version,
+    name: f.name,
+    sql: lines.map((l, i) => (i > up && i < end ? l : '')).join('\n'),
+    transaction: !lines.some((l) => /^--\s*\+goose\s+no\s+transaction\b/i.test(l.trim())),
+  };
+}
+
+/** Liquibase's dbms: attribute (postgresql, all, none, !oracle, a comma list) includes PostgreSQL. */
+function forPostgres(dbms: string): boolean {
+  const items = dbms.split(',').map((d) => d.trim()).filter(Boolean);
+  if (items.includes('!postgresql') || items.includes('none')) return false;
+  const wanted = items.filter((d) => !d.startsWith('!'));
+  return wanted.length === 0 || wanted.includes('postgresql') || wanted.includes('all');
+}
+
+const errorText = (err: unknown) => (err instanceof Error ? err.message : String(err));
 
 // Flyway's per-script config (V1__x.sql.conf) can turn the transaction off.
 function flywayTransaction(file: string): boolean {

@@ -191,6 +191,85 @@ describe('formats', () => {
     ]);
   });
 
+  test('goose: numeric order, the Up section only (line numbers kept), NO TRANSACTION honoured', () => {
+    const root = folder({
+      '10_index.sql': '-- +goose NO TRANSACTION\n-- +goose Up\nCREATE INDEX CONCURRENTLY i ON users (name);\n-- +goose Down\nDROP INDEX i;\n',
+      '2_users.sql': '-- +goose Up\n-- +goose StatementBegin\nCREATE TABLE users (id int, name text);\n-- +goose StatementEnd\n\n-- +goose Down\nDROP TABLE users;\n',
+      '20240101120000_stamp.sql': '-- +goose Up\nSELECT 1;\n',
+      '1_init.sql': '-- comment\n-- +goose Up\nCREATE SCHEMA app;\n-- +goose Down\nDROP SCHEMA app;\n',
+      'README.md': '',
+    });
+    assert.deepEqual(summary(root, 'goose'), [
+      ['1_init.sql', '1', 'init', true],
+      ['2_users.sql', '2', 'users', true],
+      ['10_index.sql', '10', 'index', false],
+      ['20240101120000_stamp.sql', '20240101120000', 'stamp', true],
+    ]);
+    const steps = readMigrations(root, 'goose');
+    for (const st of steps) assert.doesNotMatch(st.sql, /DROP/);
+    assert.equal(steps[0]!.sql.split('\n')[2], 'CREATE SCHEMA app;', 'line 3 stays line 3');
+    migrationError(folder({ '1_a.sql': 'CREATE TABLE a ();' }), 'goose', /1_a\.sql has no "-- \+goose Up" line/);
+    migrationError(folder({ '1_a.sql': '-- +goose Up\n', '2_b.go': 'package m' }), 'goose', /2_b\.go: goose Go migrations .* cannot be run by pgtestpool: build the template with command:/);
+  });
+
+  test('drizzle: the journal\'s order; a file it does not list, or a listed file missing, is refused', () => {
+    const journal = (tags: string[]) => JSON.stringify({ version: '7', dialect: 'postgresql', entries: tags.map((tag, idx) => ({ idx, version: '7', when: 1700000000000 + idx, tag, breakpoints: true })) });
+    const files = {
+      '0000_init.sql': 'CREATE TABLE a (id int);\n--> statement-breakpoint\nCREATE TABLE b (id int);\n',
+      '0001_more.sql': 'ALTER TABLE a ADD COLUMN x int;\n',
+      '0002_last.sql': 'SELECT 1;\n',
+      'meta/_journal.json': journal(['0000_init', '0001_more', '0002_last']),
+      'meta/0000_snapshot.json': '{}',
+    };
+    assert.deepEqual(summary(folder(files), 'drizzle'), [
+      ['0000_init.sql', '0', '0000_init', true],
+      ['0001_more.sql', '1', '0001_more', true],
+      ['0002_last.sql', '2', '0002_last', true],
+    ]);
+    assert.equal(splitSql(readMigrations(folder(files), 'drizzle')[0]!.sql).length, 2, 'the breakpoint is a comment between two statements');
+    migrationError(folder({ ...files, '0003_stray.sql': 'SELECT 2;' }), 'drizzle', /0003_stray\.sql is not in meta\/_journal\.json/);
+    migrationError(folder({ ...files, 'meta/_journal.json': journal(['0000_init', '0001_more', '0002_last', '0003_gone']) }), 'drizzle', /lists 0003_gone, but 0003_gone\.sql is missing/);
+    migrationError(folder({ '0000_init.sql': '' }), 'drizzle', /no meta\/_journal\.json: point dir at the folder drizzle-kit generate writes/);
+  });
+
+  test('sqitch: plan order, tags and notes skipped, a reworked change deploys its earlier script first', () => {
+    const root = folder({
+      'sqitch.plan': '%syntax-version=1.0.0\n%project=app\n\nappschema 2024-01-01T00:00:00Z Ada <ada@example.com> # the schema\nusers [appschema] 2024-01-02T00:00:00Z Ada <ada@example.com>\n@v1.0 2024-01-03T00:00:00Z Ada <ada@example.com> # release\n\nusers [users@v1.0] 2024-01-04T00:00:00Z Ada <ada@example.com> # add email\n',
+      'deploy/appschema.sql': 'BEGIN;\nCREATE SCHEMA app;\nCOMMIT;\n',
+      'deploy/users@v1.0.sql': 'BEGIN;\nCREATE TABLE app.users (id int);\nCOMMIT;\n',
+      'deploy/users.sql': 'BEGIN;\nALTER TABLE app.users ADD COLUMN email text;\nCOMMIT;\n',
+      'revert/users.sql': 'DROP TABLE app.users;',
+      'sqitch.conf': '[core]\n\tengine = pg\n',
+    });
+    assert.deepEqual(summary(root, 'sqitch'), [
+      ['deploy/appschema.sql', '1', 'appschema', false],
+      ['deploy/users@v1.0.sql', '2', 'users', false],
+      ['deploy/users.sql', '3', 'users', false],
+    ]);
+    migrationError(folder({ 'sqitch.plan': '%project=x\nmissing 2024-01-01T00:00:00Z A <a@b>\n' }), 'sqitch', /sqitch\.plan:2: change missing has no deploy script deploy\/missing\.sql/);
+    migrationError(folder({ 'deploy/a.sql': '' }), 'sqitch', /no sqitch\.plan: point dir at the sqitch project folder/);
+  });
+
+  test('liquibase formatted SQL: changesets in path order, rollback lines not run, runInTransaction and dbms honoured', () => {
+    const root = folder({
+      '002_orders.sql': '--liquibase formatted sql\n\n--changeset ada:3 runInTransaction:false\nCREATE INDEX CONCURRENTLY i ON users (id);\n--rollback DROP INDEX i;\n',
+      '001_users.sql': '--liquibase formatted sql\n--changeset ada:1\nCREATE TABLE users (id int);\n--rollback DROP TABLE users;\n\n--changeset ada:2 dbms:oracle\nCREATE TABLE oracle_only (id number);\n\n--changeset ada:2b dbms:!oracle\nCREATE TABLE not_oracle (id int);\n',
+      'notes.sql': '-- plain SQL, not a changelog\nSELECT 1;\n',
+      'changelog.xml': '<databaseChangeLog/>',
+    });
+    assert.deepEqual(summary(root, 'liquibase'), [
+      ['001_users.sql', '1', 'ada:1', true],
+      ['001_users.sql', '2', 'ada:2b', true],
+      ['002_orders.sql', '3', 'ada:3', false],
+    ]);
+    const steps = readMigrations(root, 'liquibase');
+    assert.equal(splitSql(steps[0]!.sql).length, 1, 'only its own changeset, no other statement');
+    assert.equal(steps[0]!.sql.split('\n')[2], 'CREATE TABLE users (id int);', 'line numbers kept');
+    migrationError(folder({ 'a.sql': '--liquibase formatted sql\n--changeset a:1\nSELECT 1;\n', 'b.sql': '--liquibase formatted sql\n--changeset a:1\nSELECT 2;\n' }), 'liquibase', /changeset a:1 appears twice \(a\.sql:2 and b\.sql:2\)/);
+    migrationError(folder({ 'a.sql': '--liquibase formatted sql\n--changeset nocolon\nSELECT 1;\n' }), 'liquibase', /a\.sql:2: expected "--changeset author:id"/);
+    migrationError(folder({ 'a.sql': '-- plain\nSELECT 1;' }), 'liquibase', /no liquibase migrations found .*--liquibase formatted sql/);
+  });
+
   test('numbered: any separator, numeric order, non-.sql files ignored, BOM stripped', () => {
     const root = folder({
       '10.more.sql': 'SELECT 10;',
@@ -217,7 +296,7 @@ describe('formats', () => {
 describe('errors', () => {
   test('unknown format lists the known ones', () => {
     const root = folder({ '1_a.sql': '' });
-    migrationError(root, 'liquibase' as MigrationFormat, /unknown migration format "liquibase"/, new RegExp(MIGRATION_FORMATS.join(', ')));
+    migrationError(root, 'alembic' as MigrationFormat, /unknown migration format "alembic"/, new RegExp(MIGRATION_FORMATS.join(', ')));
   });
 
   test('folder missing, or a file instead of a folder', () => {

@@ -52,6 +52,26 @@ const FORMATS: Record<string, () => Record<string, string>> = {
     ...Object.fromEntries(VERSIONS.map((v, i) => [`migrations/2024010100${String(v).padStart(4, '0')}_step_${v}/migration.sql`, body(i)])),
     'migrations/migration_lock.toml': 'provider = "postgresql"\n',
   }),
+  goose: () =>
+    Object.fromEntries(VERSIONS.map((v, i) => [
+      `migrations/${String(v).padStart(5, '0')}_step_${v}.sql`,
+      `${v === 3 ? '-- +goose NO TRANSACTION\n' : ''}-- +goose Up\n-- +goose StatementBegin\n${body(i)}-- +goose StatementEnd\n\n-- +goose Down\nDROP TABLE nothing_here;\n`,
+    ])),
+  // Tags out of name order on purpose: the journal decides.
+  drizzle: () => ({
+    ...Object.fromEntries(VERSIONS.map((v, i) => [`migrations/${String(i).padStart(4, '0')}_step_${v}.sql`, body(i).replace(';\n', ';\n--> statement-breakpoint\n')])),
+    'migrations/meta/_journal.json': JSON.stringify({ version: '7', dialect: 'postgresql', entries: VERSIONS.map((v, i) => ({ idx: i, version: '7', when: 1700000000000 + i, tag: `${String(i).padStart(4, '0')}_step_${v}`, breakpoints: true })) }),
+  }),
+  sqitch: () => ({
+    'migrations/sqitch.plan': `%syntax-version=1.0.0\n%project=app\n\n${VERSIONS.map((v) => `step_${v} 2024-01-0${1 + (v % 8)}T00:00:00Z Ada <ada@example.com> # step ${v}`).join('\n')}\n@v1 2024-02-01T00:00:00Z Ada <ada@example.com>\n`,
+    ...Object.fromEntries(VERSIONS.map((v, i) => [`migrations/deploy/step_${v}.sql`, `-- Deploy app:step_${v}\nBEGIN;\n${body(i)}COMMIT;\n`])),
+    ...Object.fromEntries(VERSIONS.map((v) => [`migrations/revert/step_${v}.sql`, 'DROP TABLE nothing_here;'])),
+  }),
+  liquibase: () =>
+    Object.fromEntries(VERSIONS.map((v, i) => [
+      `migrations/changelog/${String(v).padStart(3, '0')}_step_${v}.sql`,
+      `--liquibase formatted sql\n\n--changeset ada:${v}${v === 3 ? ' runInTransaction:false' : ''}\n${body(i)}--rollback DROP TABLE nothing_here;\n`,
+    ])),
   numbered: () => Object.fromEntries(VERSIONS.map((v, i) => [`migrations/${v}_step_${v}.sql`, body(i)])),
 };
 
