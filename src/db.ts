@@ -30,7 +30,28 @@ export function forDatabase(conn: ConnConfig, database: string): ConnConfig {
 
 /** True when the environment names a server to attach to (the image does this); else run an embedded one. */
 export function attachRequested(env: NodeJS.ProcessEnv = process.env): boolean {
-  return Boolean(env.DATABASE_URL || env.PGHOST);
+  return startMode(env).mode === 'attach';
+}
+
+/**
+ * Embedded server or attach, and why, so `npm start` can say which it chose: PGTESTPOOL_MODE when
+ * set; else attach when DATABASE_URL or PGHOST names a server (a shell exporting PGHOST for the
+ * tests must not silently turn npm start into a client of a server that is not there).
+ */
+export function startMode(env: NodeJS.ProcessEnv = process.env): { mode: 'embedded' | 'attach'; why: string } {
+  const explicit = env.PGTESTPOOL_MODE;
+  if (explicit !== undefined && explicit !== '') {
+    if (explicit !== 'embedded' && explicit !== 'attach') {
+      throw new Error(`PGTESTPOOL_MODE must be embedded or attach, got ${JSON.stringify(explicit)}`);
+    }
+    if (explicit === 'attach' && !env.DATABASE_URL && !env.PGHOST) {
+      throw new Error('PGTESTPOOL_MODE=attach needs the server to attach to: set DATABASE_URL (postgresql://user:password@host:port/postgres) or PGHOST');
+    }
+    return { mode: explicit, why: 'PGTESTPOOL_MODE is ' + explicit };
+  }
+  if (env.DATABASE_URL) return { mode: 'attach', why: 'DATABASE_URL is set' };
+  if (env.PGHOST) return { mode: 'attach', why: 'PGHOST is set' };
+  return { mode: 'embedded', why: 'neither DATABASE_URL nor PGHOST is set' };
 }
 
 /**

@@ -1,7 +1,7 @@
 // `npm start`: the sidecar, attached to the server named by DATABASE_URL / PGHOST (the image does
 // this), or else to an embedded, throwaway PostgreSQL on tmpfs. SIGINT/SIGTERM stop both cleanly.
 import { ConfigError, loadConfig, type Config } from './config.ts';
-import { attachRequested, connFromEnv, type ConnConfig } from './db.ts';
+import { connFromEnv, describeConn, isConnectionError, startMode, type ConnConfig } from './db.ts';
 import { startEmbedded, type EmbeddedServer } from './embedded.ts';
 import { errorMessage, log } from './log.ts';
 import { Sidecar } from './sidecar.ts';
@@ -80,8 +80,16 @@ async function main(): Promise<void> {
 
   let conn: ConnConfig;
   let embedded: EmbeddedServer | null = null;
-  if (attachRequested()) {
+  let mode: ReturnType<typeof startMode>;
+  try {
+    mode = startMode();
+  } catch (err) {
+    process.stderr.write(`pgtestpool: ${errorMessage(err)}\n`);
+    process.exit(2);
+  }
+  if (mode.mode === 'attach') {
     conn = connFromEnv();
+    log.info(`attaching to ${describeConn(conn)} (${mode.why}; PGTESTPOOL_MODE=embedded runs an embedded server instead)`);
   } else {
     server = startEmbedded({
       port: process.env.PGPORT ? Number(process.env.PGPORT) : 5432,
@@ -90,11 +98,19 @@ async function main(): Promise<void> {
     embedded = await server;
     if (shuttingDown) return; // a signal during start-up: shutdown() stops the server, start nothing more
     conn = embedded.clientConfig('postgres');
-    log.info(`embedded PostgreSQL ${embedded.install.version} on ${embedded.host}:${embedded.port}, data in ${embedded.dataDir}`);
+    log.info(`embedded PostgreSQL ${embedded.install.version} on ${embedded.host}:${embedded.port}, data in ${embedded.dataDir} (${mode.why})`);
   }
 
   sidecar = new Sidecar(config, conn, embedded?.install.source === 'npm' ? 'npm' : undefined);
-  await sidecar.start();
+  try {
+    await sidecar.start();
+  } catch (err) {
+    if (mode.mode === 'attach' && isConnectionError(err)) {
+      throw new Error(`cannot reach the server to attach to, ${describeConn(conn)} (${mode.why}): ${errorMessage(err)}. ` +
+        'Start that server, or run the embedded one: unset PGHOST and DATABASE_URL, or set PGTESTPOOL_MODE=embedded', { cause: err });
+    }
+    throw err;
+  }
   // Not filled within a minute is no failure (tests' claims may hold the whole max_databases):
   // say so, and serve what there is.
   const { filled, status } = await sidecar.whenFilled(60_000);
@@ -103,13 +119,26 @@ async function main(): Promise<void> {
   }
   const seconds = ((performance.now() - started) / 1000).toFixed(1);
   const failed = status.filter((s) => s.build_state === 'failed').map((s) => s.template);
-  const host = embedded ? embedded.host : conn.host ?? 'localhost';
-  const port = embedded ? embedded.port : conn.port ?? 5432;
   process.stdout.write(
     `pgtestpool ready in ${seconds} s${failed.length ? ` (templates that failed to build: ${failed.join(', ')})` : ''}: ` +
-      `psql "postgres://${conn.user ?? 'postgres'}@${host}:${port}/${conn.database ?? 'postgres'}" -c "SELECT claim_test_db()"` +
-      `${embedded ? ' (password: $POSTGRES_PASSWORD, default postgres)' : ''}\n`,
+      `${claimCommand(conn, embedded)}\n`,
   );
+}
+
+/**
+ * A psql line that runs as printed, without a password prompt, and without the password in it
+ * unless it is the well-known default: a password the user chose is referred to by its variable.
+ */
+function claimCommand(conn: ConnConfig, embedded: EmbeddedServer | null): string {
+  const sql = '-XAtc "SELECT claim_test_db()"';
+  if (!embedded && process.env.DATABASE_URL) return `psql "$DATABASE_URL" ${sql}`;
+  const host = embedded ? embedded.host : conn.host ?? 'localhost';
+  const port = embedded ? embedded.port : conn.port ?? 5432;
+  const url = `postgresql://${encodeURIComponent(conn.user ?? 'postgres')}@${host}:${port}/${encodeURIComponent(conn.database ?? 'postgres')}`;
+  const password = embedded
+    ? (process.env.POSTGRES_PASSWORD ? 'PGPASSWORD="$POSTGRES_PASSWORD" ' : 'PGPASSWORD=postgres ')
+    : ''; // attached: psql reads the PGPASSWORD (or ~/.pgpass) this shell already has
+  return `${password}psql "${url}" ${sql}`;
 }
 
 main().catch((err) => {

@@ -1,7 +1,7 @@
 // `npm start` as a user runs it: embedded PostgreSQL + sidecar, the ready line, Ctrl-C; and the
 // clear errors for a port in use, missing binaries and a bad config.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
 import { test } from 'node:test';
@@ -9,6 +9,8 @@ import pg from 'pg';
 import { ROOT, configDir, exited, freePort, removeConfigDir, testInstalls, waitFor } from './harness.ts';
 
 const installs = await testInstalls();
+/** A folder with psql: the installs' own (the npm packages may have none), else PATH's. */
+const psqlDir = () => installs.map((i) => i.bindir).find((d) => existsSync(`${d}/psql`)) ?? '/usr/bin';
 
 /** `npm start` in its own process group, so a "Ctrl-C" reaches npm and node together as in a terminal. */
 function npmStart(env: Record<string, string>) {
@@ -30,7 +32,15 @@ for (const install of installs) {
     const child = npmStart({ PGPORT: String(port), PGTESTPOOL_PG_BINDIR: install.bindir, POSTGRES_PASSWORD: 's3cret-pw' });
     try {
       await waitFor('ready line', async () => /pgtestpool ready in [\d.]+ s/.test(child.output()), 60_000);
-      assert.match(child.output(), new RegExp(`postgres://postgres@127\\.0\\.0\\.1:${port}/postgres`));
+      assert.match(child.output(), new RegExp(`postgresql://postgres@127\\.0\\.0\\.1:${port}/postgres`));
+      assert.match(child.output(), /embedded PostgreSQL .* \(neither DATABASE_URL nor PGHOST is set\)/, 'says why it runs an embedded server');
+      // The printed line runs as printed (no password prompt: stdin is closed), with only the
+      // password's variable in it, and prints just the name.
+      const line = /: (PGPASSWORD=\S+ psql .*)$/m.exec(child.output())?.[1];
+      assert.ok(line, `a psql line in ${child.output()}`);
+      assert.ok(!line.includes('s3cret-pw'));
+      const printed = execFileSync('/bin/sh', ['-c', line], { env: { ...process.env, PATH: `${psqlDir()}:${process.env.PATH}`, POSTGRES_PASSWORD: 's3cret-pw', PGPASSWORD: '' }, stdio: ['ignore', 'pipe', 'pipe'] }).toString();
+      assert.match(printed, /^pgtp_default_\w+\n$/);
       const c = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', password: 's3cret-pw', database: 'postgres' });
       await c.connect();
       const name = (await c.query('SELECT claim_test_db() AS name')).rows[0].name;
@@ -69,6 +79,30 @@ for (const install of installs) {
     }
   });
 }
+
+test('npm start says which mode it chose and why; PGTESTPOOL_MODE=embedded overrides an exported PGHOST', async () => {
+  const closed = await freePort(); // nothing listens there
+  const attach = npmStart({ PGHOST: '127.0.0.1', PGPORT: String(closed) });
+  try {
+    await waitFor('the mode line', async () => /attaching to postgres@127\.0\.0\.1:\d+\/postgres \(PGHOST is set; PGTESTPOOL_MODE=embedded runs an embedded server instead\)/.test(attach.output()) || null, 20_000);
+    await waitFor('the retry warning', async () => /cannot attach to PostgreSQL at postgres@127\.0\.0\.1:\d+\/postgres yet: connect ECONNREFUSED/.test(attach.output()) || null, 20_000);
+  } finally {
+    attach.ctrlC();
+    await exited(attach);
+  }
+  const port = await freePort();
+  const embedded = npmStart({ PGHOST: '127.0.0.1', PGTESTPOOL_MODE: 'embedded', PGPORT: String(port), PGTESTPOOL_PG_BINDIR: installs[0]!.bindir });
+  try {
+    await waitFor('ready line', async () => /pgtestpool ready in [\d.]+ s/.test(embedded.output()) || null, 60_000);
+    assert.match(embedded.output(), /embedded PostgreSQL .* \(PGTESTPOOL_MODE is embedded\)/);
+  } finally {
+    embedded.ctrlC();
+    await exited(embedded);
+  }
+  const bad = npmStart({ PGTESTPOOL_MODE: 'docker' });
+  assert.equal(await exited(bad), 2);
+  assert.match(bad.output(), /PGTESTPOOL_MODE must be embedded or attach, got "docker"/);
+});
 
 test('a port in use is a clear error that says what to do', async () => {
   const blocker = net.createServer();

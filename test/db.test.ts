@@ -1,7 +1,7 @@
 // Attaching to a server named by the environment, as the image does.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { attachRequested, connFromEnv, describeConn, ident } from '../src/db.ts';
+import { attachRequested, connFromEnv, describeConn, ident, startMode } from '../src/db.ts';
 import { redact } from '../src/log.ts';
 
 test('DATABASE_URL wins over PG* and keeps every part, decoded', () => {
@@ -25,6 +25,17 @@ test('attach only when a server is named; PGPORT alone is the embedded port', ()
   assert.equal(attachRequested({ PGPORT: '5433' }), false);
   assert.equal(attachRequested({ PGHOST: 'db' }), true);
   assert.equal(attachRequested({ DATABASE_URL: 'postgres://db/x' }), true);
+});
+
+test('the mode is said with its reason, and PGTESTPOOL_MODE makes it explicit', () => {
+  assert.deepEqual(startMode({ PGHOST: 'db' }), { mode: 'attach', why: 'PGHOST is set' });
+  assert.deepEqual(startMode({ DATABASE_URL: 'postgres://db/x', PGHOST: 'db' }), { mode: 'attach', why: 'DATABASE_URL is set' });
+  assert.deepEqual(startMode({}), { mode: 'embedded', why: 'neither DATABASE_URL nor PGHOST is set' });
+  // A shell that exports PGHOST for its tests can still run npm start's own server.
+  assert.deepEqual(startMode({ PGHOST: 'localhost', PGTESTPOOL_MODE: 'embedded' }), { mode: 'embedded', why: 'PGTESTPOOL_MODE is embedded' });
+  assert.deepEqual(startMode({ PGHOST: 'db', PGTESTPOOL_MODE: 'attach' }), { mode: 'attach', why: 'PGTESTPOOL_MODE is attach' });
+  assert.throws(() => startMode({ PGTESTPOOL_MODE: 'docker' }), /PGTESTPOOL_MODE must be embedded or attach, got "docker"/);
+  assert.throws(() => startMode({ PGTESTPOOL_MODE: 'attach' }), /PGTESTPOOL_MODE=attach needs the server to attach to: set DATABASE_URL/);
 });
 
 test('a malformed DATABASE_URL is a clear error', () => {
