@@ -724,7 +724,9 @@ AS $$
   upsert AS (
     INSERT INTO pgtestpool.templates (name, state, min_ready, owner) VALUES (tpl, 'building', min_ready, owner)
     ON CONFLICT (name) DO UPDATE SET state = 'building', database = NULL, hash = NULL, error = NULL, hint = NULL,
-                                     min_ready = excluded.min_ready, owner = excluded.owner, updated_at = now()
+                                     min_ready = excluded.min_ready, owner = excluded.owner, updated_at = now(),
+                                     -- a template of that name built through SQL gives way to config.yaml
+                                     origin = 'config', pending_state = NULL, pending_hash = NULL, pending_database = NULL, builder_pid = NULL
   )
   SELECT database FROM old
 $$;
@@ -792,7 +794,7 @@ CREATE OR REPLACE FUNCTION pgtestpool.templates_removed(configured text[]) RETUR
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  WITH gone AS (DELETE FROM pgtestpool.templates t WHERE NOT (t.name = ANY(configured)) RETURNING t.name, t.database),
+  WITH gone AS (DELETE FROM pgtestpool.templates t WHERE NOT (t.name = ANY(configured)) AND t.origin = 'config' RETURNING t.name, t.database),
   retired AS (
     UPDATE pgtestpool.databases d SET state = 'dropping', drop_reason = 'template removed from config', dropping_since = clock_timestamp()
       FROM gone WHERE d.template = gone.name AND d.state IN ('ready', 'creating')
@@ -810,7 +812,7 @@ AS $$
     FROM pg_database db
    WHERE db.datname LIKE 'pgtp\_%\_' || (SELECT value FROM pgtestpool.settings WHERE key = 'instance') || '\_%'
      AND NOT EXISTS (SELECT 1 FROM pgtestpool.databases d WHERE d.name = db.datname OR d.db_oid = db.oid)
-     AND NOT EXISTS (SELECT 1 FROM pgtestpool.templates t WHERE t.database = db.datname)
+     AND NOT EXISTS (SELECT 1 FROM pgtestpool.templates t WHERE t.database = db.datname OR t.pending_database = db.datname)
 $$;
 
 -- ---------------------------------------------------------------------------------------------
@@ -860,6 +862,300 @@ AS $$
                (SELECT string_agg(format('%s %s/%s ready', template, ready, min_ready), ', ') FROM pgtestpool.pool_state()) AS filling) x
 $$;
 
+-- ---------------------------------------------------------------------------------------------
+-- Templates built through SQL: a migration tool on the test side builds one, from any language.
+--   CALL begin_template('app', '<hash of the migrations>')  -> a database to migrate, or NULL when
+--        that version serves already; concurrent callers wait for the one that builds;
+--   (the tool migrates that database, then closes its connections to it)
+--   CALL finish_template('app')  -> the sidecar freezes it; it serves once this returns.
+-- A builder whose session ends before finish_template is rolled back (its database dropped).
+-- The sidecar does the CREATE and the sealing (NOTIFY pgtestpool_templates, and every poll).
+-- ---------------------------------------------------------------------------------------------
+
+-- Is the session with this pid, started no later than `since`, still there?
+CREATE OR REPLACE FUNCTION pgtestpool.builder_alive(pid integer, since timestamptz) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT pid IS NOT NULL AND EXISTS (SELECT 1 FROM pg_stat_get_activity(pid) a WHERE a.backend_start <= since)
+$$;
+
+-- begin_template's step, committed by the caller: what this session should do about version
+-- `version_hash` of template `tpl`. 'ready': it serves; 'build:<database>': build it there;
+-- 'wait': its database is being made, another session builds, or a build that was left is being
+-- rolled back; 'failed:<error>': making this session's database failed.
+CREATE OR REPLACE FUNCTION pgtestpool.template_request(tpl text, version_hash text, min_ready integer) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+  t pgtestpool.templates%ROWTYPE;
+  superuser boolean := coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user), false);
+  failure text;
+BEGIN
+  IF tpl IS NULL OR octet_length(tpl) NOT BETWEEN 1 AND 40 THEN
+    RAISE EXCEPTION 'pgtestpool: a template name of 1 to 40 bytes, got %', coalesce(quote_literal(tpl), 'NULL') USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF version_hash IS NULL OR length(version_hash) NOT BETWEEN 1 AND 200 THEN
+    RAISE EXCEPTION 'pgtestpool: a version of 1 to 200 characters (a hash of your migrations), got %', coalesce(quote_literal(version_hash), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'e.g. the sha256 of the migration files: the same files give the same version, and reuse the template';
+  END IF;
+  IF min_ready IS NULL OR min_ready NOT BETWEEN 0 AND 1000 THEN
+    RAISE EXCEPTION 'pgtestpool: min_ready from 0 to 1000, got %', coalesce(min_ready::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  INSERT INTO pgtestpool.templates (name, state, min_ready, origin, owner)
+  VALUES (tpl, 'building', min_ready, 'sql', CASE WHEN superuser THEN NULL ELSE session_user END)
+  ON CONFLICT (name) DO NOTHING;
+  SELECT * INTO t FROM pgtestpool.templates WHERE name = tpl FOR UPDATE;
+  IF t.origin <> 'sql' THEN
+    RAISE EXCEPTION 'pgtestpool: template % is built from config.yaml', quote_literal(tpl)
+      USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'give the template you build through SQL another name';
+  END IF;
+  IF NOT superuser AND t.owner IS DISTINCT FROM session_user THEN
+    RAISE EXCEPTION 'pgtestpool: permission denied to build template %', quote_literal(tpl)
+      USING ERRCODE = 'insufficient_privilege', DETAIL = format('it belongs to role %s', coalesce(quote_ident(t.owner), 'a superuser')),
+            HINT = 'build it as that role or a superuser, or use another template name';
+  END IF;
+  -- This session's request failed (CREATE DATABASE): said once, then a new call starts afresh.
+  IF t.pending_state IS NULL AND t.builder_pid = pg_backend_pid() AND t.error IS NOT NULL AND t.pending_hash = version_hash THEN
+    failure := t.error;
+    UPDATE pgtestpool.templates SET builder_pid = NULL, pending_hash = NULL WHERE name = tpl;
+    RETURN 'failed:' || failure;
+  END IF;
+  IF t.hash = version_hash AND t.database IS NOT NULL THEN
+    RETURN 'ready';
+  END IF;
+  IF t.pending_state IS NOT NULL THEN
+    IF t.builder_pid = pg_backend_pid() AND t.pending_hash = version_hash THEN
+      RETURN CASE WHEN t.pending_state = 'building' THEN 'build:' || t.pending_database ELSE 'wait' END;
+    END IF;
+    -- Another session builds (this version or another: one build at a time), or the sidecar is
+    -- about to roll back a build whose session ended.
+    RETURN 'wait';
+  END IF;
+  UPDATE pgtestpool.templates
+     SET pending_state = 'requested', pending_hash = version_hash, pending_database = NULL,
+         builder_pid = pg_backend_pid(), builder_since = clock_timestamp(), builder_role = session_user,
+         min_ready = template_request.min_ready, error = NULL, hint = NULL, updated_at = now()
+   WHERE name = tpl;
+  PERFORM pg_notify('pgtestpool_templates', 'request');
+  RETURN 'wait';
+END
+$fn$;
+
+-- finish_template's step: this session's build is done; the sidecar seals it ('wait'), or why not.
+CREATE OR REPLACE FUNCTION pgtestpool.template_finish(tpl text) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+  t pgtestpool.templates%ROWTYPE;
+  open_connections integer;
+BEGIN
+  SELECT * INTO t FROM pgtestpool.templates WHERE name = tpl AND origin = 'sql' FOR UPDATE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'pgtestpool: no template built through SQL is named %', coalesce(quote_literal(tpl), 'NULL')
+      USING ERRCODE = 'undefined_object', HINT = 'CALL begin_template(name, version) first';
+  END IF;
+  IF t.builder_pid IS DISTINCT FROM pg_backend_pid() OR t.pending_state IS NULL THEN
+    RAISE EXCEPTION 'pgtestpool: this session is not building template %', quote_literal(tpl)
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = CASE WHEN t.pending_state IS NOT NULL THEN format('session pid %s is building it', t.builder_pid) ELSE 'no build of it is in progress' END,
+            HINT = 'call finish_template() on the connection that called begin_template() and got a database';
+  END IF;
+  IF t.pending_state = 'sealing' THEN
+    RETURN 'wait';
+  END IF;
+  IF t.pending_state = 'requested' THEN
+    RAISE EXCEPTION 'pgtestpool: template %''s database is not made yet', quote_literal(tpl)
+      USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'begin_template() returns it once it exists: migrate that, then call finish_template()';
+  END IF;
+  open_connections := pg_stat_get_db_numbackends((SELECT db.oid FROM pg_database db WHERE db.datname = t.pending_database));
+  IF open_connections > 0 THEN
+    RAISE EXCEPTION 'pgtestpool: % connection(s) to % are still open', open_connections, t.pending_database
+      USING ERRCODE = 'object_in_use', HINT = 'close your migration tool''s connections to it (pool.end(), engine.dispose()), then call finish_template() again';
+  END IF;
+  UPDATE pgtestpool.templates SET pending_state = 'sealing', updated_at = now() WHERE name = tpl;
+  PERFORM pg_notify('pgtestpool_templates', 'finish');
+  RETURN 'wait';
+END
+$fn$;
+
+-- While finish_template waits: 'wait' (sealing), 'done' (it serves), 'failed:<error>'.
+CREATE OR REPLACE FUNCTION pgtestpool.template_finish_state(tpl text) RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT CASE WHEN t.pending_state = 'sealing' AND t.builder_pid = pg_backend_pid() THEN 'wait'
+              WHEN t.pending_state IS NULL AND t.builder_pid = pg_backend_pid() AND t.error IS NULL AND t.database IS NOT NULL THEN 'done'
+              ELSE 'failed:' || coalesce(t.error, 'the build was rolled back') END
+    FROM pgtestpool.templates t WHERE t.name = tpl
+$$;
+
+CREATE OR REPLACE PROCEDURE public.begin_template(name text, version text, INOUT database text DEFAULT NULL,
+                                                  min_ready integer DEFAULT 8, wait interval DEFAULT '10 minutes')
+LANGUAGE plpgsql
+-- No SECURITY DEFINER and no SET clause: a procedure with either cannot COMMIT, and it must, so
+-- the sidecar sees the request while this waits. It runs with the caller's rights; the steps it
+-- calls are the SECURITY DEFINER functions above, named in full.
+AS $proc$
+DECLARE
+  status text;
+  deadline timestamptz := pg_catalog.clock_timestamp() + wait;
+BEGIN
+  -- First, before anything is done: called inside a transaction (psycopg's default), this fails
+  -- at once with PostgreSQL's "invalid transaction termination" and leaves nothing behind. (No
+  -- message of our own: a procedure cannot tell that it runs inside one before trying.)
+  COMMIT;
+  LOOP
+    status := pgtestpool.template_request(begin_template.name, begin_template.version, begin_template.min_ready);
+    COMMIT;
+    IF status OPERATOR(pg_catalog.=) 'ready' THEN
+      database := NULL;
+      RETURN;
+    ELSIF pg_catalog.left(status, 6) OPERATOR(pg_catalog.=) 'build:' THEN
+      database := pg_catalog.substr(status, 7);
+      RETURN;
+    ELSIF pg_catalog.left(status, 7) OPERATOR(pg_catalog.=) 'failed:' THEN
+      RAISE EXCEPTION 'pgtestpool: template % could not be started: %', pg_catalog.quote_literal(begin_template.name), pg_catalog.substr(status, 8)
+        USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>) deadline THEN
+      RAISE EXCEPTION 'pgtestpool: template % was not ready within %', pg_catalog.quote_literal(begin_template.name), wait
+        USING ERRCODE = 'lock_not_available', HINT = 'another session is building it, or the sidecar is not running: see test_db_status() and the sidecar log';
+    END IF;
+    PERFORM pg_catalog.pg_sleep(0.02);
+  END LOOP;
+END
+$proc$;
+
+CREATE OR REPLACE PROCEDURE public.finish_template(name text, wait interval DEFAULT '10 minutes')
+LANGUAGE plpgsql
+AS $proc$
+DECLARE
+  status text;
+  deadline timestamptz := pg_catalog.clock_timestamp() + wait;
+BEGIN
+  COMMIT;  -- as in begin_template: inside a transaction it cannot work, and fails here at once
+  PERFORM pgtestpool.template_finish(finish_template.name);
+  COMMIT;
+  LOOP
+    status := pgtestpool.template_finish_state(finish_template.name);
+    EXIT WHEN status OPERATOR(pg_catalog.=) 'done';
+    IF pg_catalog.left(status, 7) OPERATOR(pg_catalog.=) 'failed:' THEN
+      RAISE EXCEPTION 'pgtestpool: template % could not be sealed: %', pg_catalog.quote_literal(finish_template.name), pg_catalog.substr(status, 8)
+        USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>) deadline THEN
+      RAISE EXCEPTION 'pgtestpool: template % was not sealed within %', pg_catalog.quote_literal(finish_template.name), wait
+        USING ERRCODE = 'lock_not_available', HINT = 'is the sidecar running? see its log';
+    END IF;
+    PERFORM pg_catalog.pg_sleep(0.01);
+  END LOOP;
+END
+$proc$;
+
+-- The sidecar's side. What to do: 'create' (a request), 'seal' (finished), 'abandon' (the
+-- building session ended before finish_template).
+CREATE OR REPLACE FUNCTION pgtestpool.sql_template_work()
+RETURNS TABLE (template text, action text, hash text, database text, builder_pid integer, builder_role text, builder_superuser boolean)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT t.name,
+         CASE WHEN t.pending_state = 'sealing' THEN 'seal'
+              WHEN NOT pgtestpool.builder_alive(t.builder_pid, t.builder_since) THEN 'abandon'
+              WHEN t.pending_state = 'requested' THEN 'create' END,
+         t.pending_hash, t.pending_database, t.builder_pid, t.builder_role,
+         coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = t.builder_role), false)
+    FROM pgtestpool.templates t
+   WHERE t.origin = 'sql' AND t.pending_state IS NOT NULL
+     AND (t.pending_state IN ('sealing', 'requested') OR NOT pgtestpool.builder_alive(t.builder_pid, t.builder_since))
+   ORDER BY t.name
+$$;
+
+-- The name of a new SQL-built version's database (a sequence number: a build rolled back and
+-- started again never reuses a name still being dropped).
+CREATE OR REPLACE FUNCTION pgtestpool.sql_template_db_name(tpl text, version_hash text) RETURNS text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT format('pgtp_tpl_%s_%s_%s_%s', pgtestpool.slug(tpl), (SELECT value FROM pgtestpool.settings WHERE key = 'instance'),
+                left(md5(version_hash), 12), nextval('pgtestpool.clone_seq'))
+$$;
+
+-- requested -> building: the database exists. False: the request is gone (the builder left, or
+-- another took over): the caller drops the database.
+CREATE OR REPLACE FUNCTION pgtestpool.sql_template_created(tpl text, pid integer, db text) RETURNS boolean
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH done AS (
+    UPDATE pgtestpool.templates t SET pending_state = 'building', pending_database = db, updated_at = now()
+     WHERE t.name = tpl AND t.builder_pid = pid AND t.pending_state = 'requested'
+    RETURNING 1
+  )
+  SELECT EXISTS (SELECT 1 FROM done)
+$$;
+
+-- sealing -> serving: the version built through SQL is the template now. Returns the version it
+-- replaced, for the caller to drop (its ready clones are retired).
+CREATE OR REPLACE FUNCTION pgtestpool.sql_template_sealed(tpl text, pid integer, ms integer) RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+  t pgtestpool.templates%ROWTYPE;
+BEGIN
+  SELECT * INTO t FROM pgtestpool.templates WHERE name = tpl AND builder_pid = pid AND pending_state = 'sealing' FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN NULL;
+  END IF;
+  UPDATE pgtestpool.templates SET pending_state = NULL, pending_database = NULL WHERE name = tpl;
+  RETURN pgtestpool.template_built(tpl, t.pending_database, t.pending_hash, ms, t.owner);
+END
+$fn$;
+
+-- A request or a seal failed: the error is kept for the builder (begin/finish_template raise it)
+-- and, while no version serves, for claims. Returns the pending database to drop.
+CREATE OR REPLACE FUNCTION pgtestpool.sql_template_failed(tpl text, pid integer, message text) RETURNS text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH old AS (SELECT t.pending_database FROM pgtestpool.templates t WHERE t.name = tpl AND t.builder_pid = pid FOR UPDATE),
+  upd AS (
+    UPDATE pgtestpool.templates t
+       SET pending_state = NULL, pending_database = NULL, error = message, updated_at = now(),
+           state = CASE WHEN t.database IS NULL THEN 'failed' ELSE t.state END
+     WHERE t.name = tpl AND t.builder_pid = pid
+  )
+  SELECT pending_database FROM old
+$$;
+
+-- The building session ended before finish_template: its version is rolled back. Returns its
+-- database, for the caller to drop.
+CREATE OR REPLACE FUNCTION pgtestpool.sql_template_abandoned(tpl text, pid integer) RETURNS text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH old AS (SELECT t.pending_database FROM pgtestpool.templates t
+                WHERE t.name = tpl AND t.builder_pid = pid AND t.pending_state IN ('requested', 'building') FOR UPDATE),
+  upd AS (
+    UPDATE pgtestpool.templates t
+       SET pending_state = NULL, pending_database = NULL, pending_hash = NULL, builder_pid = NULL, updated_at = now(),
+           error = CASE WHEN t.database IS NULL THEN format('the session building it (pid %s) ended before finish_template(): nothing was kept; CALL begin_template() again', pid) END,
+           state = CASE WHEN t.database IS NULL THEN 'failed' ELSE t.state END
+     WHERE t.name = tpl AND t.builder_pid = pid AND t.pending_state IN ('requested', 'building')
+  )
+  SELECT pending_database FROM old
+$$;
+
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pgtestpool FROM PUBLIC;
+-- The steps begin_template() and finish_template() take with the caller's rights (USAGE only: the
+-- tables stay revoked).
+GRANT USAGE ON SCHEMA pgtestpool TO PUBLIC;
+GRANT EXECUTE ON FUNCTION pgtestpool.template_request(text, text, integer), pgtestpool.template_finish(text), pgtestpool.template_finish_state(text) TO PUBLIC;
+REVOKE ALL ON PROCEDURE public.begin_template(text, text, text, integer, interval), public.finish_template(text, interval) FROM PUBLIC;
+GRANT EXECUTE ON PROCEDURE public.begin_template(text, text, text, integer, interval), public.finish_template(text, interval) TO PUBLIC;
 
 COMMIT;

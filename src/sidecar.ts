@@ -15,6 +15,7 @@ import { installSchema } from './schema.ts';
 import type { StatusRow } from './states.ts';
 import type { ServerOrigin } from './buildhints.ts';
 import { Templates } from './templates.ts';
+import { SqlTemplates, TEMPLATES_CHANNEL } from './sqltemplates.ts';
 
 export type { StatusRow } from './states.ts';
 
@@ -42,6 +43,7 @@ class Attachment {
   pool: Pool | null = null;
   janitor: Janitor | null = null;
   templates: Templates | null = null;
+  sqlTemplates: SqlTemplates | null = null;
   timer: NodeJS.Timeout | null = null;
   sweeping: Promise<void> | null = null;
   initialBuildsDone = false;
@@ -66,6 +68,7 @@ class Attachment {
     this.sweeping = (async () => {
       try {
         await this.janitor!.sweep();
+        this.sqlTemplates?.wake(); // NOTIFY is a hint: builders through SQL are looked at every poll too
         await this.templates?.retryDrops();
         await this.templates?.retryFailed(); // builds that failed for want of disk, memory, connections
         // Watching starts once the first builds are done: it must not race them.
@@ -84,6 +87,7 @@ class Attachment {
     this.closing = true;
     const steps = async () => {
       await this.templates?.stop().catch(noop); // a build in progress is cancelled
+      await this.sqlTemplates?.stop().catch(noop);
       if (this.timer) clearInterval(this.timer);
       await this.subscriber?.close().catch(noop);
       await this.pool?.stop().catch(noop);
@@ -210,7 +214,8 @@ export class Sidecar {
 
     const strategy = this.chooseStrategy(first);
     a.pool = new Pool({ conn: this.conn, db, config: this.config, strategy });
-    a.subscriber = await this.listen(a, a.pool);
+    a.sqlTemplates = new SqlTemplates(this.conn, db);
+    a.subscriber = await this.listen(a, a.pool, a.sqlTemplates);
     const templates = new Templates(this.conn, db, this.config, this.serverMajor, { origin: this.origin });
     a.templates = templates;
     const pending = await templates.prepare({ reconnect: !first });
@@ -220,6 +225,7 @@ export class Sidecar {
     // leftovers and refills of reused templates go ahead while the others build, and the
     // heartbeat runs meanwhile (a long build is not a dead sidecar).
     a.pool.start();
+    a.sqlTemplates.wake();
     a.timer = setInterval(() => void a.poll(this.config), this.config.pool.pollIntervalMs);
     for (const build of pending) {
       if (this.stopping || a.closing) break;
@@ -246,7 +252,7 @@ export class Sidecar {
   }
 
   /** NOTIFY is a wake-up only: its payload is never read, so a client cannot put words in our log. */
-  private async listen(a: Attachment, pool: Pool): Promise<Subscriber> {
+  private async listen(a: Attachment, pool: Pool, sqlTemplates: SqlTemplates): Promise<Subscriber> {
     // No reconnecting of its own (retryLimit 1 means no retry): a lost listener ends the whole
     // attachment, which is made again with everything on it. (pg-listen's own reconnect loop
     // outlives close() and would leave a connection and a timer behind.) No paranoid checks: we poll.
@@ -256,9 +262,11 @@ export class Sidecar {
       parse: (payload: string) => payload, // any text, JSON or not, is just a wake-up
     });
     subscriber.notifications.on(CHANNEL, () => pool.wake());
+    subscriber.notifications.on(TEMPLATES_CHANNEL, () => sqlTemplates.wake());
     subscriber.events.on('error', (err: Error) => a.lose(`listener: ${errorMessage(err)}`));
     await subscriber.connect();
     await subscriber.listenTo(CHANNEL);
+    await subscriber.listenTo(TEMPLATES_CHANNEL);
     return subscriber;
   }
 
@@ -289,7 +297,9 @@ export class Sidecar {
     for (;;) {
       try {
         status = await this.status();
-        const filled = status.every((r) => r.filled || r.build_state === 'failed');
+        // The config's templates: one built through SQL serves nothing until its builder comes.
+        const configured = new Set(this.config.templates.map((t) => t.name));
+        const filled = status.every((r) => !configured.has(r.template) || r.filled || r.build_state === 'failed');
         if (filled) return { filled, status };
       } catch {
         // reconnecting: look again

@@ -51,6 +51,20 @@ export function cloneSetupSql(t: TemplateConfig | undefined, clone: string): str
   ];
 }
 
+/**
+ * The last step of every build, from config.yaml or through SQL: the relcache init file rebuilt,
+ * then closed to connections and marked a template. (VACUUM (FREEZE, ANALYZE) comes first.)
+ */
+export async function sealTemplate(db: pg.Pool, conn: ConnConfig, dbName: string): Promise<void> {
+  // VACUUM invalidated the relcache init file; a new session writes it again, FILE_COPY copies
+  // it into every clone, and each test's first connection is ~3 ms faster for it.
+  const warm = await connect(forDatabase(conn, dbName), 'pgtestpool template warm-up');
+  await warm.end();
+  // Cloning fails while anyone is connected to the source, so nobody may connect to it.
+  await db.query(`ALTER DATABASE ${ident(dbName)} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false`);
+  await db.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1`, [dbName]);
+}
+
 /** Retries of a build that failed for lack of a resource: 1 s, doubling, at most 30 s apart. */
 const RETRY_FIRST_MS = 1_000;
 const RETRY_MAX_MS = 30_000;
@@ -349,13 +363,7 @@ export class Templates {
       await client.end().catch(() => {});
     }
     this.checkStopping();
-    // VACUUM invalidated the relcache init file; a new session writes it again, FILE_COPY copies
-    // it into every clone, and each test's first connection is ~3 ms faster for it.
-    const warm = await connect(forDatabase(this.conn, dbName), 'pgtestpool template warm-up');
-    await warm.end();
-    // Cloning fails while anyone is connected to the source, so nobody may connect to it.
-    await this.db.query(`ALTER DATABASE ${ident(dbName)} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false`);
-    await this.db.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1`, [dbName]);
+    await sealTemplate(this.db, this.conn, dbName);
   }
 
   /** Runs the template's command against `dbName` (in the config's folder) and waits for it to succeed. */

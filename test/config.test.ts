@@ -108,7 +108,7 @@ watch: sometimes
 templates:
   default:
     extensions: [citext, "bad ext"]
-    migrations: {dir: db/migrations, format: liquibase}
+    migrations: {dir: db/migrations, format: alembic}
     seed: [../outside/seed.sql]
     settings: {"bad name!": 1, timezone: [UTC]}
     grants: {reader: [SELECT]}
@@ -120,7 +120,7 @@ templates:
   const expect = [
     /^watch: expected true or false, got "sometimes"$/,
     /^templates\.default\.extensions\[1\]: expected an extension name/,
-    /^templates\.default\.migrations\.format: expected one of flyway, golang-migrate, dbmate, prisma, numbered, got "liquibase"$/,
+    /^templates\.default\.migrations\.format: expected one of flyway, golang-migrate, dbmate, prisma, goose, drizzle, sqitch, liquibase, numbered, got "alembic"$/,
     /^templates\.default\.seed\[0\]: file "\.\.\/outside\/seed\.sql" not found .*it is outside the config's folder .*mount it or move it under that folder$/,
     /^templates\.default\.settings\.bad name!: expected a PostgreSQL setting name$/,
     /^templates\.default\.settings\.timezone: expected a string, number or boolean, got a list$/,
