@@ -47,12 +47,13 @@ AS $$
 $$;
 
 -- "In use": what counts against pool.max_databases. Every live row: clones being created, ready,
--- claimed, and waiting to be dropped (deferred drops still hold memory). Tombstones are elsewhere.
+-- claimed, and waiting to be dropped (deferred drops still hold memory). Tombstones are elsewhere;
+-- kept databases have a cap of their own (pool.max_kept).
 CREATE OR REPLACE FUNCTION pgtestpool.in_use() RETURNS bigint
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT count(*) FROM pgtestpool.databases
+  SELECT count(*) FROM pgtestpool.databases WHERE state <> 'kept'
 $$;
 
 -- Per template: what its pool holds. "Filled": the template serves a version and holds at least
@@ -74,7 +75,7 @@ BEGIN
          count(d.id) FILTER (WHERE d.state = 'creating'),
          count(d.id) FILTER (WHERE d.state = 'claimed'),
          count(d.id) FILTER (WHERE d.state = 'dropping' OR (d.state = 'ready' AND d.source IS DISTINCT FROM t.database)),
-         (SELECT count(*) FROM pgtestpool.databases),  -- pgtestpool.in_use()
+         (SELECT count(*) FROM pgtestpool.databases WHERE state <> 'kept'),  -- pgtestpool.in_use()
          greatest(max(d.claimed_at), t.last_claimed_at),
          t.database IS NOT NULL AND count(d.id) FILTER (WHERE d.state = 'ready' AND d.source = t.database) >= t.min_ready
     FROM pgtestpool.templates t
@@ -324,7 +325,7 @@ BEGIN
             DETAIL = format('%s: %s', CASE db.state WHEN 'dropped' THEN 'dropped' ELSE 'being dropped' END, db.drop_reason),
             HINT = 'a database is released once; names are never reused';
   END IF;
-  IF db.state <> 'claimed' THEN
+  IF db.state NOT IN ('claimed', 'kept') THEN
     RAISE EXCEPTION 'pgtestpool: database % is not claimed (it is %)', quote_literal(db.name), db.state
       USING ERRCODE = 'object_not_in_prerequisite_state',
             HINT = 'only a database returned by claim_test_db() can be released';
@@ -340,6 +341,56 @@ BEGIN
      SET state = 'dropping', drop_reason = 'released', dropping_since = clock_timestamp(), idle_since = NULL
    WHERE d.id = db.id;
   PERFORM pg_notify('pgtestpool', 'release');
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION public.keep_test_db(name text, keep_for interval DEFAULT '1 hour') RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+  db pgtestpool.databases%ROWTYPE;
+  max_kept integer := coalesce((SELECT value::integer FROM pgtestpool.settings WHERE key = 'max_kept'), 10);
+  evicted text;
+BEGIN
+  IF max_kept <= 0 THEN
+    RAISE EXCEPTION 'pgtestpool: keeping databases is off (pool.max_kept is 0)' USING ERRCODE = 'feature_not_supported',
+      HINT = 'set pool.max_kept in config.yaml to how many failed tests'' databases to keep';
+  END IF;
+  IF keep_for IS NULL OR keep_for <= interval '0' OR keep_for > interval '7 days' THEN
+    RAISE EXCEPTION 'pgtestpool: keep_for from a second to 7 days, got %', coalesce(keep_for::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  SELECT * INTO db FROM pgtestpool.databases d WHERE d.name = keep_test_db.name FOR UPDATE;
+  IF NOT FOUND OR db.state NOT IN ('claimed', 'kept') THEN
+    RAISE EXCEPTION 'pgtestpool: % is not a claimed database', coalesce(quote_literal(keep_test_db.name), 'NULL')
+      USING ERRCODE = 'undefined_object', DETAIL = coalesce('it is ' || db.state, 'no database of that name is handed out'),
+            HINT = 'keep the database claim_test_db() returned, before releasing it';
+  END IF;
+  IF db.claimed_role IS DISTINCT FROM session_user
+     AND NOT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user), false) THEN
+    RAISE EXCEPTION 'pgtestpool: permission denied to keep database %', quote_literal(db.name)
+      USING ERRCODE = 'insufficient_privilege', DETAIL = format('it was claimed by role %s', quote_ident(db.claimed_role));
+  END IF;
+  -- Room under pool.max_kept: the oldest kept database goes (the newest failure is the one to look at).
+  IF db.state = 'claimed' THEN
+    FOR evicted IN
+      UPDATE pgtestpool.databases d
+         SET state = 'dropping', dropping_since = clock_timestamp(),
+             drop_reason = format('kept, then dropped to make room for %s (pool.max_kept is %s)', db.name, max_kept)
+       WHERE d.id IN (SELECT k.id FROM pgtestpool.databases k WHERE k.state = 'kept'
+                       ORDER BY k.kept_until, k.id
+                       LIMIT greatest(0, (SELECT count(*) FROM pgtestpool.databases c WHERE c.state = 'kept') - max_kept + 1)
+                         FOR UPDATE SKIP LOCKED)
+      RETURNING d.name
+    LOOP
+      RAISE NOTICE 'pgtestpool: % is dropped to make room (pool.max_kept is %)', evicted, max_kept;
+    END LOOP;
+  END IF;
+  UPDATE pgtestpool.databases d
+     SET state = 'kept', kept_until = clock_timestamp() + keep_for, idle_since = NULL, kept_logged = false
+   WHERE d.id = db.id;
+  PERFORM pg_notify('pgtestpool', 'keep');
+  RETURN db.name;
 END
 $fn$;
 
@@ -365,20 +416,23 @@ $$;
 -- Who holds what: one row per database the pool manages.
 CREATE OR REPLACE VIEW public.test_dbs AS
   SELECT name, template, state, claimed_pid, claimed_role, claimed_application, claimed_addr,
-         claimed_at, claimed_for, idle_since, drop_reason, dropped_at, error, created_at
+         claimed_at, claimed_for, idle_since, drop_reason, dropped_at, error, created_at, kept_until, url
     FROM (SELECT d.id, d.name, d.template, d.state, d.claimed_pid, d.claimed_role, d.claimed_application, d.claimed_addr,
                  d.claimed_at, clock_timestamp() - d.claimed_at AS claimed_for, d.idle_since, d.drop_reason, d.dropped_at,
-                 d.error, d.created_at
+                 d.error, d.created_at, d.kept_until,
+                 -- As this session reached the server (behind a port mapping, the host side differs).
+                 CASE WHEN d.state IN ('claimed', 'kept')
+                      THEN format('postgresql://%s@%s:%s/%s', d.claimed_role, coalesce(host(inet_server_addr()), 'localhost'), current_setting('port'), d.name) END AS url
             FROM pgtestpool.databases d
           UNION ALL
           SELECT g.id, g.name, g.template, 'dropped', g.claimed_pid, g.claimed_role, g.claimed_application, g.claimed_addr,
                  g.claimed_at, NULL::interval, NULL::timestamptz, g.drop_reason, g.dropped_at,
-                 NULL::text, g.created_at
+                 NULL::text, g.created_at, NULL::timestamptz, NULL::text
             FROM pgtestpool.dropped g) x
    ORDER BY id;
 
-REVOKE ALL ON FUNCTION public.claim_test_db(text), public.release_test_db(text), public.test_db_status() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION public.claim_test_db(text), public.release_test_db(text), public.test_db_status() TO PUBLIC;
+REVOKE ALL ON FUNCTION public.claim_test_db(text), public.release_test_db(text), public.keep_test_db(text, interval), public.test_db_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.claim_test_db(text), public.release_test_db(text), public.keep_test_db(text, interval), public.test_db_status() TO PUBLIC;
 GRANT SELECT ON public.test_dbs TO PUBLIC;
 
 -- ---------------------------------------------------------------------------------------------
@@ -485,15 +539,18 @@ BEGIN
   UPDATE pgtestpool.databases d
      SET state = 'dropping', dropping_since = clock_timestamp(),
          drop_reason = CASE
+           WHEN d.state = 'kept' THEN format('kept until %s (keep_test_db): time is up', d.kept_until)
            WHEN d.claimed_at <= clock_timestamp() - max_duration
              THEN format('claimed for more than max_duration (%s)', max_duration)
            WHEN d.idle_since <= clock_timestamp() - idle_timeout
              THEN format('claiming session (pid %s) ended and no connections for %s', d.claimed_pid, idle_timeout)
            ELSE format('claiming session (pid %s) ended, no connections for %s, and claims were waiting for the template', d.claimed_pid, starved_idle)
          END
-   WHERE d.state = 'claimed'
-     AND (d.idle_since <= clock_timestamp() - idle_timeout OR d.claimed_at <= clock_timestamp() - max_duration
-          OR (d.idle_since <= clock_timestamp() - starved_idle AND d.template = ANY(starved)))
+   WHERE (d.state = 'claimed'
+          AND (d.idle_since <= clock_timestamp() - idle_timeout OR d.claimed_at <= clock_timestamp() - max_duration
+               OR (d.idle_since <= clock_timestamp() - starved_idle AND d.template = ANY(starved))))
+      -- a kept database outlives its claimer and max_duration: only its own time counts
+      OR (d.state = 'kept' AND d.kept_until <= clock_timestamp())
   RETURNING d.name, d.template, d.claimed_pid, d.drop_reason;
 END
 $fn$;
@@ -527,13 +584,13 @@ AS $$
   RETURNING d.name
 $$;
 
--- claimed -> dropping, every claim at once (tests and benchmarks that start from a clean pool).
+-- (claimed | kept) -> dropping, every claim at once (tests and benchmarks that start from a clean pool).
 CREATE OR REPLACE FUNCTION pgtestpool.release_all_claims(reason text) RETURNS SETOF text
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
   UPDATE pgtestpool.databases d SET state = 'dropping', drop_reason = reason, dropping_since = clock_timestamp(), idle_since = NULL
-   WHERE d.state = 'claimed'
+   WHERE d.state IN ('claimed', 'kept')
   RETURNING d.name
 $$;
 
@@ -813,6 +870,17 @@ AS $$
    WHERE db.datname LIKE 'pgtp\_%\_' || (SELECT value FROM pgtestpool.settings WHERE key = 'instance') || '\_%'
      AND NOT EXISTS (SELECT 1 FROM pgtestpool.databases d WHERE d.name = db.datname OR d.db_oid = db.oid)
      AND NOT EXISTS (SELECT 1 FROM pgtestpool.templates t WHERE t.database = db.datname OR t.pending_database = db.datname)
+$$;
+
+-- Kept databases not yet announced in the sidecar's log: marked announced as they are returned.
+CREATE OR REPLACE FUNCTION pgtestpool.kept_to_announce()
+RETURNS TABLE (name text, template text, claimed_role text, claimed_application text, kept_until timestamptz)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  UPDATE pgtestpool.databases d SET kept_logged = true
+   WHERE d.state = 'kept' AND NOT d.kept_logged
+  RETURNING d.name, d.template, d.claimed_role, d.claimed_application, d.kept_until
 $$;
 
 -- ---------------------------------------------------------------------------------------------

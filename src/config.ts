@@ -41,6 +41,8 @@ export interface Config {
   templates: TemplateConfig[];
   pool: {
     maxDatabases: number;
+    /** keep_test_db(): databases kept for debugging at most, apart from max_databases (0: off). */
+    maxKept: number;
     /** null: FILE_COPY where the server supports it (fastest on tmpfs), else the server's only way. */
     strategy: Strategy | null;
     concurrency: number;
@@ -292,8 +294,9 @@ export function parseConfig(text: string, file: string): Config {
     }
   }
 
-  const pool = c.section(doc, 'pool', 'pool', ['max_databases', 'strategy', 'concurrency', 'poll_interval', 'lend_after']);
+  const pool = c.section(doc, 'pool', 'pool', ['max_databases', 'max_kept', 'strategy', 'concurrency', 'poll_interval', 'lend_after']);
   const maxDatabases = c.int(pool, 'max_databases', 'pool.max_databases', 64, 1, 10_000);
+  const maxKept = c.int(pool, 'max_kept', 'pool.max_kept', 10, 0, 1000);
   let strategy: Strategy | null = null;
   if (pool.strategy !== undefined && pool.strategy !== null && pool.strategy !== 'auto') {
     const s = typeof pool.strategy === 'string' ? pool.strategy.toLowerCase() : pool.strategy;
@@ -323,7 +326,7 @@ export function parseConfig(text: string, file: string): Config {
     file: path.resolve(file),
     dir,
     templates,
-    pool: { maxDatabases, strategy, concurrency, pollIntervalMs, lendAfterMs },
+    pool: { maxDatabases, maxKept, strategy, concurrency, pollIntervalMs, lendAfterMs },
     lease: { idleTimeoutMs, maxDurationMs, releaseGraceMs },
     claim: { timeoutMs },
   };

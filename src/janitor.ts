@@ -5,7 +5,7 @@ import type pg from 'pg';
 import type { Config } from './config.ts';
 import { formatDuration } from './config.ts';
 import { errorMessage, log } from './log.ts';
-import { dropDatabase } from './db.ts';
+import { dropDatabase, type ConnConfig } from './db.ts';
 
 /** How often the control tables are vacuumed: each claim and drop leaves dead row versions. */
 const VACUUM_EVERY_MS = 1_000;
@@ -24,6 +24,8 @@ export class Janitor {
   constructor(
     private readonly db: pg.Pool,
     private readonly config: Config,
+    /** The server as the sidecar reaches it: kept databases are announced with a URL on it. */
+    private readonly conn: ConnConfig = {},
   ) {}
 
   /**
@@ -64,8 +66,21 @@ export class Janitor {
       ],
     );
     for (const r of rows) log.info(`reclaimed ${r.name} (template ${JSON.stringify(r.template)}, claimed by pid ${r.claimed_pid}): ${r.reason}`);
+    await this.announceKept();
     await this.vacuum();
     return rows.length;
+  }
+
+  /** Each database keep_test_db() kept, once: where to find it, and until when. */
+  private async announceKept(): Promise<void> {
+    const { rows } = await this.db.query<{ name: string; template: string; claimed_role: string; claimed_application: string | null; kept_until: Date }>(
+      'SELECT * FROM pgtestpool.kept_to_announce()',
+    );
+    for (const k of rows) {
+      const url = `postgresql://${encodeURIComponent(k.claimed_role)}@${this.conn.host ?? 'localhost'}:${this.conn.port ?? 5432}/${k.name}`;
+      log.info(`kept ${k.name} (template ${JSON.stringify(k.template)}, claimed by role ${JSON.stringify(k.claimed_role)}` +
+        `${k.claimed_application ? `, application ${JSON.stringify(k.claimed_application)}` : ''}) until ${k.kept_until.toISOString()}: psql "${url}"`);
+    }
   }
 
   /**

@@ -200,15 +200,15 @@ export class Sidecar {
     await leader.query(
       // health: "filled" counts from this sidecar's start (not from a reconnect)
       `WITH forget AS (DELETE FROM pgtestpool.settings WHERE key = 'filled_at' AND $3)
-       INSERT INTO pgtestpool.settings (key, value) VALUES ('claim_timeout', $1), ('max_databases', $2)
+       INSERT INTO pgtestpool.settings (key, value) VALUES ('claim_timeout', $1), ('max_databases', $2), ('max_kept', $4)
        ON CONFLICT (key) DO UPDATE SET value = excluded.value`,
-      [`${this.config.claim.timeoutMs} milliseconds`, String(this.config.pool.maxDatabases), first],
+      [`${this.config.claim.timeoutMs} milliseconds`, String(this.config.pool.maxDatabases), first, String(this.config.pool.maxKept)],
     );
 
     const db = new pg.Pool({ ...this.conn, application_name: 'pgtestpool sidecar', max: 4, idleTimeoutMillis: 0, connectionTimeoutMillis: CONNECT_TIMEOUT_MS });
     db.on('error', (err) => log.debug(`idle connection: ${errorMessage(err)}`));
     a.db = db;
-    a.janitor = new Janitor(db, this.config);
+    a.janitor = new Janitor(db, this.config, this.conn);
     await a.janitor.reconcile();
     await a.janitor.sweep();
 
