@@ -6,7 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import { claimTestDb, closeControlConnections, withTestDb } from '../client/index.mjs';
 import type { EmbeddedServer } from '../src/embedded.ts';
-import { client, simpleConfig, startServer, startSidecar, testInstalls, waitFor, type RunningSidecar } from './harness.ts';
+import { captureStderr, client, simpleConfig, startServer, startSidecar, testInstalls, waitFor, type RunningSidecar } from './harness.ts';
 
 const installs = await testInstalls();
 const newest = installs[installs.length - 1]!;
@@ -72,12 +72,7 @@ test('release closes the connections the handle opened first, so the drop never 
 });
 
 test('keep on failure, end to end: the failing test\'s database stays, with its rows, and its URL is printed', async () => {
-  const printed: string[] = [];
-  const write = process.stderr.write.bind(process.stderr);
-  process.stderr.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
-    printed.push(String(chunk));
-    return (write as (c: string | Uint8Array, ...r: unknown[]) => boolean)(chunk, ...rest);
-  }) as typeof process.stderr.write;
+  const printed = captureStderr();
   let name = '';
   try {
     const failing = withTestDb(async (db) => {
@@ -88,9 +83,9 @@ test('keep on failure, end to end: the failing test\'s database stays, with its 
     }, { url, keepOnFailure: '10 minutes' });
     await assert.rejects(failing(), /the test fails/, 'the test\'s own failure comes through');
   } finally {
-    process.stderr.write = write;
+    printed.stop();
   }
-  assert.ok(printed.some((l) => l.includes(`pgtestpool: kept ${name} for 10 minutes (the test failed): psql "postgresql://postgres:***@127.0.0.1:${server.port}/${name}"`)), printed.join(''));
+  assert.ok(printed.text().includes(`pgtestpool: kept ${name} for 10 minutes (the test failed): psql "postgresql://postgres:***@127.0.0.1:${server.port}/${name}"`), printed.text());
   const admin = await client(server);
   try {
     assert.equal((await admin.query('SELECT state FROM test_dbs WHERE name = $1', [name])).rows[0].state, 'kept');

@@ -217,3 +217,14 @@ export async function freePort(): Promise<number> {
   await new Promise((r) => srv.close(r));
   return port;
 }
+
+/** Collects what this process writes to stderr (the sidecar's log lines), still passing it on, until stop(). */
+export function captureStderr(): { text: () => string; stop: () => void } {
+  const chunks: string[] = [];
+  const write = process.stderr.write.bind(process.stderr);
+  process.stderr.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
+    chunks.push(String(chunk));
+    return (write as (c: string | Uint8Array, ...r: unknown[]) => boolean)(chunk, ...rest);
+  }) as typeof process.stderr.write;
+  return { text: () => chunks.join(''), stop: () => void (process.stderr.write = write) };
+}

@@ -5,7 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import type { EmbeddedServer } from '../src/embedded.ts';
 import { setQuiet } from '../src/log.ts';
-import { claim, client, databaseExists, simpleConfig, startServer, startSidecar, testInstalls, waitFor } from './harness.ts';
+import { captureStderr, claim, client, databaseExists, simpleConfig, startServer, startSidecar, testInstalls, waitFor } from './harness.ts';
 
 const installs = await testInstalls();
 const newest = installs[installs.length - 1]!;
@@ -23,12 +23,7 @@ describe(`keep_test_db, PostgreSQL ${newest.major}`, () => {
   });
 
   test('a kept database outlives its claimer and idle_timeout, keeps its data, is announced with its URL, and goes when its time is up', async () => {
-    const logged: string[] = [];
-    const write = process.stderr.write.bind(process.stderr);
-    process.stderr.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
-      logged.push(String(chunk));
-      return (write as (c: string | Uint8Array, ...r: unknown[]) => boolean)(chunk, ...rest);
-    }) as typeof process.stderr.write;
+    const logged = captureStderr();
     setQuiet(false); // the announcement is an info line
     const sc = await startSidecar(server, simpleConfig({ minReady: 1, idle: '1s' }));
     try {
@@ -47,12 +42,12 @@ describe(`keep_test_db, PostgreSQL ${newest.major}`, () => {
       const { rows } = await admin.query('SELECT state, kept_until, url FROM test_dbs WHERE name = $1', [name]);
       assert.equal(rows[0].state, 'kept');
       assert.match(rows[0].url, new RegExp(`^postgresql://postgres@127\\.0\\.0\\.1:${server.port}/${name}$`));
-      await waitFor('announced', async () => logged.some((l) => l.includes(`kept ${name} (template "default", claimed by role "postgres") until `) && l.includes(`psql "postgresql://postgres@`)) || null, 5_000);
+      await waitFor('announced', async () => new RegExp(`kept ${name} \\(template "default", claimed by role "postgres"\\) until \\S+: psql "postgresql://postgres@`).test(logged.text()) || null, 5_000);
       await waitFor('dropped when its time is up', async () => ((await databaseExists(admin, name)) ? null : true), 10_000);
       const { rows: gone } = await admin.query('SELECT drop_reason FROM test_dbs WHERE name = $1', [name]);
       assert.match(gone[0].drop_reason, /kept until .* \(keep_test_db\): time is up/);
     } finally {
-      process.stderr.write = write;
+      logged.stop();
       if (!process.env.PGTESTPOOL_TEST_VERBOSE) setQuiet(true);
       await sc.stop();
     }
