@@ -894,12 +894,14 @@ SET search_path = pg_catalog, pg_temp
 AS $$
   INSERT INTO pgtestpool.settings (key, value) VALUES ('sidecar_seen', clock_timestamp()::text)
   ON CONFLICT (key) DO UPDATE SET value = excluded.value;
-  -- The first moment, since the sidecar started, that every template is built and every pool filled.
+  -- The first moment, since the sidecar started, that every template of config.yaml is built and
+  -- every pool filled. (Templates built through SQL are their builders' business: one still to
+  -- come, or rolled back, does not make the appliance unready.)
   INSERT INTO pgtestpool.settings (key, value)
   SELECT 'filled_at', clock_timestamp()::text
-   WHERE EXISTS (SELECT 1 FROM pgtestpool.templates)
+   WHERE EXISTS (SELECT 1 FROM pgtestpool.templates WHERE origin = 'config')
      AND NOT EXISTS (SELECT 1 FROM pgtestpool.pool_state() p JOIN pgtestpool.templates t ON t.name = p.template
-                      WHERE t.state <> 'ready' OR NOT p.filled)
+                      WHERE t.origin = 'config' AND (t.state <> 'ready' OR NOT p.filled))
   ON CONFLICT (key) DO NOTHING;
   DELETE FROM pgtestpool.dropped WHERE dropped_at < now() - interval '10 minutes';
 $$;
@@ -922,8 +924,9 @@ AS $$
   END
   FROM (SELECT (SELECT value::timestamptz FROM pgtestpool.settings WHERE key = 'sidecar_seen') AS seen,
                (SELECT value FROM pgtestpool.settings WHERE key = 'filled_at') AS filled,
-               (SELECT string_agg(format('%s: %s', name, error), '; ') FROM pgtestpool.templates WHERE state = 'failed') AS failed,
-               (SELECT string_agg(name, ', ') FROM pgtestpool.templates WHERE state = 'building') AS building,
+               -- (config.yaml's templates: see heartbeat())
+               (SELECT string_agg(format('%s: %s', name, error), '; ') FROM pgtestpool.templates WHERE state = 'failed' AND origin = 'config') AS failed,
+               (SELECT string_agg(name, ', ') FROM pgtestpool.templates WHERE state = 'building' AND origin = 'config') AS building,
                (SELECT string_agg(format('%s: %s', t.name, t.clone_error), '; ')
                   FROM pgtestpool.templates t JOIN pgtestpool.pool_state() p ON p.template = t.name
                  WHERE t.clone_error IS NOT NULL AND NOT p.filled) AS clones_failing,
@@ -1004,7 +1007,9 @@ BEGIN
   UPDATE pgtestpool.templates
      SET pending_state = 'requested', pending_hash = version_hash, pending_database = NULL,
          builder_pid = pg_backend_pid(), builder_since = clock_timestamp(), builder_role = session_user,
-         min_ready = template_request.min_ready, error = NULL, hint = NULL, updated_at = now()
+         min_ready = template_request.min_ready, error = NULL, hint = NULL, updated_at = now(),
+         -- nothing serves yet: claims wait for this build (a rolled-back one had marked it failed)
+         state = CASE WHEN database IS NULL THEN 'building' ELSE state END
    WHERE name = tpl;
   PERFORM pg_notify('pgtestpool_templates', 'request');
   RETURN 'wait';

@@ -219,6 +219,9 @@ export class Sidecar {
     const templates = new Templates(this.conn, db, this.config, this.serverMajor, { origin: this.origin });
     a.templates = templates;
     const pending = await templates.prepare({ reconnect: !first });
+    // "Filled since this sidecar started" counts from here: the sweep above ran its heartbeat
+    // before prepare() set this config's min_ready, and may have found the old, smaller pool full.
+    if (first) await db.query("DELETE FROM pgtestpool.settings WHERE key = 'filled_at'");
     const { rows: surplus } = await db.query<{ name: string; reason: string }>('SELECT * FROM pgtestpool.trim_surplus()');
     for (const r of surplus) log.info(`${r.name} will be dropped: ${r.reason}`);
     // Only now may the pool plan: before prepare() it could clone a stale version. Drops of

@@ -87,6 +87,8 @@ export class SqlTemplates {
     const db = w.database!;
     const started = performance.now();
     try {
+      // Open again if a seal cut short (the sidecar stopped) had closed it already.
+      await this.db.query(`ALTER DATABASE ${ident(db)} WITH ALLOW_CONNECTIONS true`);
       const c = await connect(forDatabase(this.conn, db), 'pgtestpool template seal');
       try {
         await c.query('VACUUM (FREEZE, ANALYZE)');

@@ -72,7 +72,10 @@ for (const install of installs) {
       const second = new Sidecar(parseConfig(readFileSync(configFile, 'utf8'), configFile), server.clientConfig());
       try {
         await second.start();
-        await waitFor('reported as filling', async () => /^filling pools: default 3\/5 ready$/.test(await health()));
+        let last = '';
+        await waitFor('reported as filling', async () => /^filling pools: default 3\/5 ready$/.test((last = await health()))).catch((err) => {
+          throw new Error(`${err.message}; health() said: ${last}`);
+        });
         for (const name of held) await admin.query('SELECT release_test_db($1)', [name]);
         await waitFor('healthy once full', async () => (await health()) === 'ok');
         await second.stop();
@@ -146,7 +149,9 @@ for (const install of installs) {
         const leaked = await client(server, name);
         leaked.on('error', () => {});
         await admin.query('SELECT release_test_db($1)', [name]);
-        await waitFor('released database dropped', async () => !(await databaseExists(admin, name)));
+        // (Its tombstone, not just its absence: the drop is recorded a moment after it is done.)
+        await waitFor('released database dropped', async () =>
+          !(await databaseExists(admin, name)) && (await admin.query('SELECT 1 FROM pgtestpool.dropped WHERE name = $1', [name])).rowCount === 1);
         await assert.rejects(leaked.query('SELECT 1'), 'the leaked connection was terminated');
         await waitFor('pool replenished', async () => (await status(admin)).ready >= 2);
         await assert.rejects(admin.query('SELECT release_test_db($1)', [name]), (err: Error & { detail?: string }) => {

@@ -102,6 +102,10 @@ for (const install of installs) {
         const taken = await bWaits;
         assert.ok(taken && taken !== built, `b builds in a new database (${taken})`);
         await waitFor('the abandoned database dropped', async () => ((await databaseExists(admin, built!)) ? null : true), 10_000);
+        // Meanwhile claims wait for b's build (not "failed"), and the appliance stays healthy: a
+        // template built through SQL is its builder's business.
+        assert.equal((await admin.query("SELECT state FROM pgtestpool.templates WHERE name = 'shared'")).rows[0].state, 'building');
+        assert.equal((await admin.query('SELECT pgtestpool.health() AS h')).rows[0].h, 'ok');
         let cDone: string | null | undefined;
         const cWaits = begin(c, 'shared', 'v1').then((r) => (cDone = r));
         await migrate(server, taken, 'CREATE TABLE t (id int)');
