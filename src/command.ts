@@ -3,7 +3,7 @@
 // failure carries its exit code and last lines, and it never outlives the build: a timeout or
 // stop() ends its whole process group.
 import { spawn } from 'node:child_process';
-import type { ConnConfig } from './db.ts';
+import { postgresUrl, type ConnConfig } from './db.ts';
 import { formatDuration } from './config.ts';
 import { log, redact } from './log.ts';
 
@@ -34,11 +34,7 @@ export function commandEnv(conn: ConnConfig, database: string): Record<string, s
   const password = typeof conn.password === 'string' ? conn.password : '';
   const env: Record<string, string> = { PGHOST: host, PGPORT: port, PGUSER: user, PGDATABASE: database };
   if (password) env.PGPASSWORD = password;
-  const auth = encodeURIComponent(user) + (password ? `:${encodeURIComponent(password)}` : '');
-  // A unix socket folder is not a URL host: libpq and the drivers take it as ?host=.
-  env.DATABASE_URL = host.startsWith('/')
-    ? `postgresql://${auth}@/${encodeURIComponent(database)}?host=${encodeURIComponent(host)}&port=${port}`
-    : `postgresql://${auth}@${host.includes(':') ? `[${host}]` : host}:${port}/${encodeURIComponent(database)}`;
+  env.DATABASE_URL = postgresUrl(conn, user, database, password);
   return env;
 }
 

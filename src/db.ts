@@ -92,6 +92,19 @@ export function connFromEnv(env: NodeJS.ProcessEnv = process.env): ConnConfig {
   return conn;
 }
 
+/**
+ * A postgresql:// URL (libpq, node-postgres, SQLAlchemy, Django, Prisma and knex all take it) for
+ * `database` on this server as `user`; a unix socket folder goes in ?host=, an IPv6 host in [].
+ */
+export function postgresUrl(server: { host?: string; port?: number }, user: string, database: string, password?: string): string {
+  const host = server.host ?? 'localhost';
+  const port = String(server.port ?? 5432);
+  const auth = encodeURIComponent(user) + (password ? `:${encodeURIComponent(password)}` : '');
+  return host.startsWith('/')
+    ? `postgresql://${auth}@/${encodeURIComponent(database)}?host=${encodeURIComponent(host)}&port=${port}`
+    : `postgresql://${auth}@${host.includes(':') ? `[${host}]` : host}:${port}/${encodeURIComponent(database)}`;
+}
+
 /** host:port/database as user, for logs: never the password. */
 export function describeConn(conn: ConnConfig): string {
   return `${conn.user ?? 'postgres'}@${conn.host ?? 'localhost'}:${conn.port ?? 5432}/${conn.database ?? 'postgres'}`;

@@ -5,7 +5,7 @@ import type pg from 'pg';
 import type { Config } from './config.ts';
 import { formatDuration } from './config.ts';
 import { errorMessage, log } from './log.ts';
-import { dropDatabase, type ConnConfig } from './db.ts';
+import { dropDatabase, postgresUrl, type ConnConfig } from './db.ts';
 
 /** How often the control tables are vacuumed: each claim and drop leaves dead row versions. */
 const VACUUM_EVERY_MS = 1_000;
@@ -77,7 +77,7 @@ export class Janitor {
       'SELECT * FROM pgtestpool.kept_to_announce()',
     );
     for (const k of rows) {
-      const url = `postgresql://${encodeURIComponent(k.claimed_role)}@${this.conn.host ?? 'localhost'}:${this.conn.port ?? 5432}/${k.name}`;
+      const url = postgresUrl(this.conn, k.claimed_role, k.name);
       log.info(`kept ${k.name} (template ${JSON.stringify(k.template)}, claimed by role ${JSON.stringify(k.claimed_role)}` +
         `${k.claimed_application ? `, application ${JSON.stringify(k.claimed_application)}` : ''}) until ${k.kept_until.toISOString()}: psql "${url}"`);
     }

@@ -1,7 +1,7 @@
 // `npm start`: the sidecar, attached to the server named by DATABASE_URL / PGHOST (the image does
 // this), or else to an embedded, throwaway PostgreSQL on tmpfs. SIGINT/SIGTERM stop both cleanly.
 import { ConfigError, loadConfig, type Config } from './config.ts';
-import { connFromEnv, describeConn, isConnectionError, startMode, type ConnConfig } from './db.ts';
+import { connFromEnv, describeConn, isConnectionError, postgresUrl, startMode, type ConnConfig } from './db.ts';
 import { startEmbedded, type EmbeddedServer } from './embedded.ts';
 import { errorMessage, log } from './log.ts';
 import { Sidecar } from './sidecar.ts';
@@ -132,9 +132,7 @@ async function main(): Promise<void> {
 function claimCommand(conn: ConnConfig, embedded: EmbeddedServer | null): string {
   const sql = '-XAtc "SELECT claim_test_db()"';
   if (!embedded && process.env.DATABASE_URL) return `psql "$DATABASE_URL" ${sql}`;
-  const host = embedded ? embedded.host : conn.host ?? 'localhost';
-  const port = embedded ? embedded.port : conn.port ?? 5432;
-  const url = `postgresql://${encodeURIComponent(conn.user ?? 'postgres')}@${host}:${port}/${encodeURIComponent(conn.database ?? 'postgres')}`;
+  const url = postgresUrl(embedded ?? conn, conn.user ?? 'postgres', conn.database ?? 'postgres');
   const password = embedded
     ? (process.env.POSTGRES_PASSWORD ? 'PGPASSWORD="$POSTGRES_PASSWORD" ' : 'PGPASSWORD=postgres ')
     : ''; // attached: psql reads the PGPASSWORD (or ~/.pgpass) this shell already has
