@@ -133,9 +133,15 @@ describe('startEmbedded', { timeout: 120_000 }, () => {
     }
   });
 
-  test('a wrong password is refused; the password is stored with cheap hashing (SCRAM 16 rounds on 16+, md5 before)', async () => {
+  test('a wrong password is refused; by default the password is stored as PostgreSQL stores it (SCRAM, 4096 rounds: every driver accepts it); cheapPasswords: 16 rounds on 16+, md5 before', async () => {
+    const plain = await startEmbedded({ port: 0 });
+    try {
+      assert.match((await query(plain, "SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'")).rolpassword as string, /^SCRAM-SHA-256\$4096:/);
+    } finally {
+      await plain.stop();
+    }
     const lines: string[] = [];
-    const s = await startEmbedded({ password: 'right horse', onLog: (l) => lines.push(l) });
+    const s = await startEmbedded({ password: 'right horse', onLog: (l) => lines.push(l), cheapPasswords: true });
     try {
       assert.equal((await query(s, 'SELECT 1 AS one')).one, 1);
       const c = new pg.Client({ ...s.clientConfig(), password: 'wrong' });

@@ -39,7 +39,7 @@ export async function testInstalls(): Promise<PgInstall[]> {
 }
 
 export async function startServer(install: PgInstall): Promise<EmbeddedServer> {
-  return startEmbedded({ port: 0, install });
+  return startEmbedded({ port: 0, install, cheapPasswords: true });
 }
 
 /** A temp folder with config.yaml and the given files; returns the config path. */
